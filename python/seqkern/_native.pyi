@@ -1,0 +1,65 @@
+"""Type stubs of the compiled extension. The public API is in the family modules
+(``seqkern.mamba``, ...), which check arguments before calling these."""
+
+from typing import Any, Optional
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+def set_num_threads(threads: int) -> None: ...
+def get_num_threads() -> int: ...
+def set_simd_path(name: str) -> str: ...
+def build_info() -> dict[str, Any]: ...
+
+# --- mamba
+def selective_scan_f32(
+    u: F32,
+    delta: F32,
+    a: F32,
+    b: F32,
+    c: F32,
+    d: Optional[F32],
+    z: Optional[F32],
+    delta_bias: Optional[F32],
+    delta_softplus: bool,
+    initial_state: Optional[F32],
+) -> tuple[F32, F32]: ...
+def selective_scan_f64(
+    u: F64,
+    delta: F64,
+    a: F64,
+    b: F64,
+    c: F64,
+    d: Optional[F64],
+    z: Optional[F64],
+    delta_bias: Optional[F64],
+    delta_softplus: bool,
+    initial_state: Optional[F64],
+) -> tuple[F64, F64]: ...
+def selective_state_update_f32(
+    state: F32,
+    x: F32,
+    dt: F32,
+    a: F32,
+    b: F32,
+    c: F32,
+    d: Optional[F32],
+    z: Optional[F32],
+    dt_bias: Optional[F32],
+    dt_softplus: bool,
+) -> F32: ...
+def selective_state_update_f64(
+    state: F64,
+    x: F64,
+    dt: F64,
+    a: F64,
+    b: F64,
+    c: F64,
+    d: Optional[F64],
+    z: Optional[F64],
+    dt_bias: Optional[F64],
+    dt_softplus: bool,
+) -> F64: ...

@@ -1,0 +1,144 @@
+//! The PyO3 layer: the only code that knows Python. Each family has a file that converts
+//! arguments, borrows NumPy memory without copying, runs the pure kernel with the GIL released
+//! on the shared rayon pool, and turns errors into `ValueError`.
+//!
+//! The Python wrappers in `python/seqkern/` check shapes and dtypes first and pass contiguous
+//! arrays of one float dtype; the checks here are the second line, so that no input reaches a
+//! panic.
+
+mod mamba;
+
+use crate::error::KernelError;
+use crate::{parallel, simd};
+use numpy::ndarray::{ArrayD, IxDyn};
+use numpy::{Element, IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+impl From<KernelError> for PyErr {
+    fn from(err: KernelError) -> PyErr {
+        PyValueError::new_err(err.to_string())
+    }
+}
+
+/// Registers every function of `seqkern._native`.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    mamba::register(m)?;
+    Ok(())
+}
+
+/// Sets the number of kernel threads (0: all cores).
+#[pyfunction]
+fn set_num_threads(threads: usize) {
+    parallel::set_num_threads(threads);
+}
+
+/// The number of kernel threads.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    parallel::num_threads()
+}
+
+/// Chooses the SIMD path ("scalar", "avx2", "avx512" or "auto"); returns the one now in use.
+#[pyfunction]
+fn set_simd_path(name: &str) -> PyResult<&'static str> {
+    let wanted = if name == "auto" {
+        None
+    } else {
+        Some(simd::Isa::from_name(name).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "name: expected 'auto', 'scalar', 'avx2' or 'avx512', got {name:?}"
+            ))
+        })?)
+    };
+    Ok(simd::force_isa(wanted).name())
+}
+
+/// Version, build profile, SIMD path (chosen and best available) and thread count.
+#[pyfunction]
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let info = PyDict::new(py);
+    info.set_item("version", env!("CARGO_PKG_VERSION"))?;
+    info.set_item(
+        "profile",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
+    info.set_item("simd", simd::isa().name())?;
+    info.set_item("simd_available", simd::detected_isa().name())?;
+    info.set_item("threads", parallel::num_threads())?;
+    info.set_item("target_arch", std::env::consts::ARCH)?;
+    Ok(info)
+}
+
+/// The contiguous data of `array`, or a `ValueError` naming `name`.
+pub(crate) fn as_slice<'a, T: Element>(
+    name: &str,
+    array: &'a PyReadonlyArrayDyn<'_, T>,
+) -> PyResult<&'a [T]> {
+    array
+        .as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{name}: expected a C-contiguous array")))
+}
+
+/// Like [`as_slice`] for an optional argument.
+pub(crate) fn as_opt_slice<'a, T: Element>(
+    name: &str,
+    array: &'a Option<PyReadonlyArrayDyn<'_, T>>,
+) -> PyResult<Option<&'a [T]>> {
+    array.as_ref().map(|a| as_slice(name, a)).transpose()
+}
+
+/// The contiguous, writable data of `array`, or a `ValueError` naming `name`.
+pub(crate) fn as_mut_slice<'a, T: Element>(
+    name: &str,
+    array: &'a mut PyReadwriteArrayDyn<'_, T>,
+) -> PyResult<&'a mut [T]> {
+    array
+        .as_slice_mut()
+        .map_err(|_| PyValueError::new_err(format!("{name}: expected a C-contiguous array")))
+}
+
+/// Runs `kernel` with the GIL released, on the shared pool. A panic (a bug: inputs are checked
+/// before) becomes a `RuntimeError` instead of crossing into Python.
+pub(crate) fn run_detached<R, F>(py: Python<'_>, kernel: F) -> PyResult<R>
+where
+    R: Send,
+    F: FnOnce() -> Result<R, KernelError> + Send,
+{
+    let outcome = py.detach(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parallel::install(kernel)))
+    });
+    match outcome {
+        Ok(result) => Ok(result?),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(PyRuntimeError::new_err(format!(
+                "seqkern internal error: {message}"
+            )))
+        }
+    }
+}
+
+/// Moves `data` into a new NumPy array of `shape` without copying.
+pub(crate) fn to_numpy<'py, T: Element>(
+    py: Python<'py>,
+    shape: &[usize],
+    data: Vec<T>,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let array = ArrayD::from_shape_vec(IxDyn(shape), data)
+        .map_err(|e| PyRuntimeError::new_err(format!("seqkern internal error: {e}")))?;
+    Ok(array.into_pyarray(py))
+}

@@ -1,0 +1,4 @@
+//! Mamba kernels: the Mamba-1 selective scan and its one-token decode step.
+
+pub mod selective_scan;
+pub mod state_update;

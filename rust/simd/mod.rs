@@ -1,0 +1,178 @@
+//! Run-time ISA dispatch and vectorisable math.
+//!
+//! A kernel is written once as plain, branch-free Rust inside [`Kernel::run`], generic over an
+//! [`Arch`]. [`dispatch`] calls it from a function compiled with the target features of the
+//! best instruction set the CPU has (AVX-512, AVX2 + FMA, or the portable baseline), so the same
+//! source is auto-vectorised for each. `SEQKERN_SIMD=scalar` (or [`force_isa`]) forces the
+//! portable path, which is also what other architectures run.
+
+pub mod math;
+
+pub use math::Real;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// An instruction-set level a kernel can be compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable code: the target's baseline features only (SSE2 on x86-64, NEON on aarch64).
+    Scalar,
+    /// x86-64 with AVX2 and FMA.
+    Avx2,
+    /// x86-64 with AVX-512 F/BW/DQ/VL (plus AVX2 and FMA).
+    Avx512,
+}
+
+impl Isa {
+    /// The name `build_info()` reports and `SEQKERN_SIMD` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a name as given to `SEQKERN_SIMD`.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "scalar" | "portable" | "none" => Some(Isa::Scalar),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Isa::Scalar => 1,
+            Isa::Avx2 => 2,
+            Isa::Avx512 => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Isa> {
+        match code {
+            1 => Some(Isa::Scalar),
+            2 => Some(Isa::Avx2),
+            3 => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+}
+
+/// The best ISA this CPU supports.
+pub fn detected_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Scalar
+}
+
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+/// The ISA kernels use now: the detected one, unless `SEQKERN_SIMD` or [`force_isa`] chose a
+/// lower one.
+pub fn isa() -> Isa {
+    if let Some(isa) = Isa::from_code(CHOSEN.load(Ordering::Relaxed)) {
+        return isa;
+    }
+    let requested = std::env::var("SEQKERN_SIMD")
+        .ok()
+        .and_then(|v| Isa::from_name(&v));
+    let chosen = clamp_to_cpu(requested.unwrap_or_else(detected_isa));
+    CHOSEN.store(chosen.code(), Ordering::Relaxed);
+    chosen
+}
+
+/// Makes kernels use `isa` (clamped to what the CPU supports); `None` restores the default.
+/// Returns the ISA now in use.
+pub fn force_isa(isa: Option<Isa>) -> Isa {
+    let chosen = clamp_to_cpu(isa.unwrap_or_else(detected_isa));
+    CHOSEN.store(chosen.code(), Ordering::Relaxed);
+    chosen
+}
+
+fn clamp_to_cpu(wanted: Isa) -> Isa {
+    let best = detected_isa();
+    if wanted.code() <= best.code() {
+        wanted
+    } else {
+        best
+    }
+}
+
+/// A compile-time description of the ISA a kernel body is being compiled for.
+pub trait Arch: Copy + Send + Sync + 'static {
+    /// Whether fused multiply-add is a single instruction here (otherwise `mul_add` would be a
+    /// libm call, so [`Real::fma`] falls back to a multiply and an add).
+    const FMA: bool;
+}
+
+/// The portable path.
+#[derive(Clone, Copy, Debug)]
+pub struct ScalarArch;
+impl Arch for ScalarArch {
+    const FMA: bool = false;
+}
+
+/// AVX2 + FMA and AVX-512: both have FMA.
+#[derive(Clone, Copy, Debug)]
+pub struct FmaArch;
+impl Arch for FmaArch {
+    const FMA: bool = true;
+}
+
+/// A kernel body that [`dispatch`] compiles once per ISA. Implementations mark `run`
+/// `#[inline(always)]` so that it is inlined into the ISA-specific caller.
+pub trait Kernel {
+    /// What the kernel returns.
+    type Output;
+    /// Runs the kernel; `A` says what the surrounding target features provide.
+    fn run<A: Arch>(self) -> Self::Output;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")]
+unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run::<FmaArch>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,bmi2")]
+unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run::<FmaArch>()
+}
+
+/// Runs `kernel` compiled for the ISA chosen by [`isa`].
+#[inline]
+pub fn dispatch<K: Kernel>(kernel: K) -> K::Output {
+    dispatch_on(isa(), kernel)
+}
+
+/// Runs `kernel` compiled for `isa`, which must be supported by this CPU (it is clamped to
+/// [`detected_isa`] otherwise).
+#[inline]
+pub fn dispatch_on<K: Kernel>(isa: Isa, kernel: K) -> K::Output {
+    match clamp_to_cpu(isa) {
+        // SAFETY: clamp_to_cpu only returns ISAs whose features were detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_avx512(kernel) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { run_avx2(kernel) },
+        _ => kernel.run::<ScalarArch>(),
+    }
+}
