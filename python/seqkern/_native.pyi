@@ -63,3 +63,49 @@ def selective_state_update_f64(
     dt_bias: Optional[F64],
     dt_softplus: bool,
 ) -> F64: ...
+
+# --- mamba2 (SSD scan, causal conv1d)
+def ssd_scan_f32(
+    x: F32,
+    dt: F32,
+    a: F32,
+    b: F32,
+    c: F32,
+    chunk_size: int,
+    d: Optional[F32],
+    z: Optional[F32],
+    dt_bias: Optional[F32],
+    initial_states: Optional[F32],
+    dt_softplus: bool,
+    dt_min: float,
+    dt_max: float,
+    sequential: bool,
+) -> tuple[F32, F32]: ...
+def ssd_scan_f64(
+    x: F64,
+    dt: F64,
+    a: F64,
+    b: F64,
+    c: F64,
+    chunk_size: int,
+    d: Optional[F64],
+    z: Optional[F64],
+    dt_bias: Optional[F64],
+    initial_states: Optional[F64],
+    dt_softplus: bool,
+    dt_min: float,
+    dt_max: float,
+    sequential: bool,
+) -> tuple[F64, F64]: ...
+def causal_conv1d_f32(
+    x: F32, weight: F32, bias: Optional[F32], silu: bool, initial_states: Optional[F32]
+) -> tuple[F32, F32]: ...
+def causal_conv1d_f64(
+    x: F64, weight: F64, bias: Optional[F64], silu: bool, initial_states: Optional[F64]
+) -> tuple[F64, F64]: ...
+def causal_conv1d_update_f32(
+    x: F32, conv_state: F32, weight: F32, bias: Optional[F32], silu: bool
+) -> F32: ...
+def causal_conv1d_update_f64(
+    x: F64, conv_state: F64, weight: F64, bias: Optional[F64], silu: bool
+) -> F64: ...

@@ -240,3 +240,301 @@ def _update_multihead(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dtype):
         _per_head("dt_bias", dt_bias, dtype, heads, headdim),
         bool(dt_softplus),
     )
+
+
+# --- Mamba-2: the SSD scan, and the causal depthwise conv1d of Mamba blocks
+
+__all__ += [
+    "causal_conv1d",
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+    "mamba_chunk_scan_combined",
+    "ssd_scan",
+    "ssd_scan_sequential",
+]
+
+_SSD = {
+    np.dtype(np.float32): _native.ssd_scan_f32,
+    np.dtype(np.float64): _native.ssd_scan_f64,
+}
+_CONV = {
+    np.dtype(np.float32): _native.causal_conv1d_f32,
+    np.dtype(np.float64): _native.causal_conv1d_f64,
+}
+_CONV_UPDATE = {
+    np.dtype(np.float32): _native.causal_conv1d_update_f32,
+    np.dtype(np.float64): _native.causal_conv1d_update_f64,
+}
+
+
+def _dt_limit(value: Any) -> tuple[float, float]:
+    """``dt_limit`` as two floats (lo, hi) with lo <= hi."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"dt_limit: expected a pair of numbers (min, max), got {value!r}") from exc
+    if not lo <= hi:
+        raise ValueError(f"dt_limit: expected min <= max, got ({lo}, {hi})")
+    return lo, hi
+
+
+def _ssd_args(x, dt, A, B, C, D, z, dt_bias, initial_states):
+    """Checks the arrays of an SSD call; returns them C-contiguous, and the dtype."""
+    x = ck.as_array("x", x)
+    dtype = ck.float_dtype("x", x)
+    seq = ("batch", "L", "nheads", "headdim")
+    ck.check_ndim("x", x, [seq])
+    batch, length, heads, headdim = x.shape
+    B = ck.as_array("B", B)
+    ck.same_dtype("B", B, dtype, "x")
+    bc = ("batch", "L", "ngroups", "dstate")
+    ck.check_ndim("B", B, [bc])
+    groups, dstate = B.shape[2], B.shape[3]
+    ck.check_shape("B", B, bc, (batch, length, groups, dstate))
+    ck.divides("B", groups, "nheads", heads)
+    D = ck.as_array("D", D) if D is not None else None
+    if D is not None:
+        ck.same_dtype("D", D, dtype, "x")
+        ck.check_ndim("D", D, [("nheads",), ("nheads", "headdim")])
+        d_dims = ("nheads",) if D.ndim == 1 else ("nheads", "headdim")
+        ck.check_shape("D", D, d_dims, (heads,) if D.ndim == 1 else (heads, headdim))
+        D = np.ascontiguousarray(D)
+    state = ("batch", "nheads", "headdim", "dstate")
+    args = dict(
+        x=np.ascontiguousarray(x),
+        dt=ck.float_input("dt", dt, dtype, "x", ("batch", "L", "nheads"), x.shape[:3]),
+        a=ck.float_input("A", A, dtype, "x", ("nheads",), (heads,)),
+        b=np.ascontiguousarray(B),
+        c=ck.float_input("C", C, dtype, "x", bc, B.shape),
+        d=D,
+        z=ck.optional_float_input("z", z, dtype, "x", seq, x.shape),
+        dt_bias=ck.optional_float_input("dt_bias", dt_bias, dtype, "x", ("nheads",), (heads,)),
+        initial_states=ck.optional_float_input(
+            "initial_states", initial_states, dtype, "x", state, (batch, heads, headdim, dstate)
+        ),
+    )
+    return args, dtype
+
+
+def ssd_scan(
+    x: np.ndarray,
+    dt: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    C: np.ndarray,
+    chunk_size: int = 256,
+    D: Optional[np.ndarray] = None,
+    z: Optional[np.ndarray] = None,
+    dt_bias: Optional[np.ndarray] = None,
+    initial_states: Optional[np.ndarray] = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    return_final_states: bool = False,
+) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The Mamba-2 SSD scan, ``mamba_ssm``'s ``mamba_chunk_scan_combined`` on NumPy arrays.
+
+    Shapes: ``x``, ``z``: (batch, L, nheads, headdim); ``dt``: (batch, L, nheads); ``A``,
+    ``dt_bias``: (nheads,); ``B``, ``C``: (batch, L, ngroups, dstate) with ngroups dividing
+    nheads (head h reads group ``h // (nheads // ngroups)``); ``D``: (nheads,) or
+    (nheads, headdim); ``initial_states`` and the returned final states:
+    (batch, nheads, headdim, dstate).
+
+    For each head, with the state S (headdim x dstate), S_{-1} = initial_states (zeros by
+    default)::
+
+        dt'_t = clamp(softplus(dt_t + dt_bias), *dt_limit)   # softplus if dt_softplus
+        S_t = exp(dt'_t A) S_{t-1} + dt'_t x_t B_t^T
+        y_t = S_t C_t + D x_t;   out_t = y_t * silu(z_t)
+
+    As in mamba_ssm's kernel, dt' is always clamped to ``dt_limit``: with the default
+    (0, inf) a negative dt (possible without softplus) counts as 0. Mamba-2 is Mamba-1 with
+    A and dt shared by the channels of a head: see :func:`selective_scan`.
+
+    It runs the chunked SSD algorithm: per chunk of ``chunk_size`` steps, the intra-chunk
+    part and the chunk's state as matrix products, a sequential pass over chunk states, and
+    the state-to-output term, every decay being the exp of a difference of cumulative sums.
+    The result does not depend on ``chunk_size`` beyond rounding, and L need not be a
+    multiple of it. The default 256 matches mamba_ssm; on CPUs 64 to 128 is faster, and
+    :func:`ssd_scan_sequential` (the step-by-step recurrence) can be faster still when
+    nheads * headdim * dstate is large: measure both.
+
+    Returns ``out`` (batch, L, nheads, headdim), and ``(out, final_states)`` when
+    ``return_final_states``. Two calls chained through the final state give the result of
+    one call. Any strides are accepted (non-contiguous arrays are copied once); the GIL is
+    released while the kernel runs.
+    """
+    chunk_size = ck.positive_int("chunk_size", chunk_size)
+    return _ssd_call(
+        x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+        return_final_states, sequential=False,
+    )  # fmt: skip
+
+
+mamba_chunk_scan_combined = ssd_scan
+"""Alias of :func:`ssd_scan` under ``mamba_ssm``'s name."""
+
+
+def ssd_scan_sequential(
+    x: np.ndarray,
+    dt: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    C: np.ndarray,
+    D: Optional[np.ndarray] = None,
+    z: Optional[np.ndarray] = None,
+    dt_bias: Optional[np.ndarray] = None,
+    initial_states: Optional[np.ndarray] = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    return_final_states: bool = False,
+) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The SSD recurrence of :func:`ssd_scan` computed one step at a time (same arguments
+    without ``chunk_size``, same results up to rounding). It is the oracle of the chunked
+    kernel and its baseline in the benchmarks; each (batch, head) runs on one thread, with
+    the state kept as (dstate, headdim) so that the update vectorises over channels.
+    """
+    return _ssd_call(
+        x, dt, A, B, C, 1, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+        return_final_states, sequential=True,
+    )  # fmt: skip
+
+
+def _ssd_call(
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit,
+    return_final_states, sequential,
+):  # fmt: skip
+    lo, hi = _dt_limit(dt_limit)
+    args, dtype = _ssd_args(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    out, final_states = _SSD[dtype](
+        **args,
+        chunk_size=chunk_size,
+        dt_softplus=bool(dt_softplus),
+        dt_min=lo,
+        dt_max=hi,
+        sequential=sequential,
+    )
+    return (out, final_states) if return_final_states else out
+
+
+def _silu_flag(activation: Any) -> bool:
+    """causal-conv1d's ``activation``: None, "silu" or "swish" (the same function)."""
+    if activation is None:
+        return False
+    if activation in ("silu", "swish"):
+        return True
+    raise ValueError(f"activation: expected None, 'silu' or 'swish', got {activation!r}")
+
+
+def _conv_weight(weight: Any, dtype: np.dtype, dim: int) -> np.ndarray:
+    weight = ck.as_array("weight", weight)
+    ck.same_dtype("weight", weight, dtype, "x")
+    ck.check_ndim("weight", weight, [("dim", "width")])
+    ck.check_shape("weight", weight, ("dim", "width"), (dim, weight.shape[1]))
+    if weight.shape[1] < 1:
+        raise ValueError(f"weight: expected width >= 1, got shape {weight.shape}")
+    return np.ascontiguousarray(weight)
+
+
+def causal_conv1d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: Optional[np.ndarray] = None,
+    activation: Optional[str] = None,
+    *,
+    initial_states: Optional[np.ndarray] = None,
+    return_final_states: bool = False,
+) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Causal depthwise conv1d, ``causal_conv1d_fn`` of Dao-AILab's causal-conv1d.
+
+    Shapes: ``x``: (batch, dim, L); ``weight``: (dim, width), any width >= 1; ``bias``:
+    (dim,); ``initial_states`` and the returned final states: (batch, dim, width - 1).
+    Each channel is filtered on its own (``w[width - 1]`` multiplies the current input,
+    as F.conv1d)::
+
+        out[t] = bias + sum_k weight[:, k] * x[t - width + 1 + k]
+        out = silu(out)   # if activation is "silu" or "swish"
+
+    where inputs before the sequence are ``initial_states`` (zeros by default). The final
+    states are the last width - 1 inputs of ``[initial_states, x]`` (so they include
+    initial-state values when L < width - 1). Returns ``out`` (batch, dim, L), and
+    ``(out, final_states)`` when ``return_final_states``. Channel-last arrays (strides with
+    the channel axis innermost) are accepted and copied once.
+    """
+    x = ck.as_array("x", x)
+    dtype = ck.float_dtype("x", x)
+    ck.check_ndim("x", x, [("batch", "dim", "L")])
+    batch, dim, _ = x.shape
+    silu = _silu_flag(activation)
+    weight = _conv_weight(weight, dtype, dim)
+    context = weight.shape[1] - 1
+    out, final_states = _CONV[dtype](
+        np.ascontiguousarray(x),
+        weight,
+        ck.optional_float_input("bias", bias, dtype, "x", ("dim",), (dim,)),
+        silu,
+        ck.optional_float_input(
+            "initial_states",
+            initial_states,
+            dtype,
+            "x",
+            ("batch", "dim", "width - 1"),
+            (batch, dim, context),
+        ),
+    )
+    return (out, final_states) if return_final_states else out
+
+
+causal_conv1d_fn = causal_conv1d
+"""Alias of :func:`causal_conv1d` under causal-conv1d's name."""
+
+
+def causal_conv1d_update(
+    x: np.ndarray,
+    conv_state: np.ndarray,
+    weight: np.ndarray,
+    bias: Optional[np.ndarray] = None,
+    activation: Optional[str] = None,
+) -> np.ndarray:
+    """Decode step of :func:`causal_conv1d`: updates ``conv_state`` in place, returns ``out``.
+
+    Shapes: ``x``: (batch, dim) for one token or (batch, dim, L); ``conv_state``:
+    (batch, dim, S) with S >= width - 1, the S most recent inputs; ``weight``: (dim, width);
+    ``bias``: (dim,). With ``joined = [conv_state, x]`` along time::
+
+        out[t] = bias + sum_k weight[:, k] * joined[S + t - width + 1 + k]   (then silu)
+        conv_state = joined[-S:]
+
+    ``out`` has the shape of ``x``. ``conv_state`` must be a writable, C-contiguous ndarray of
+    x's dtype. L calls with one token each equal one call of :func:`causal_conv1d` over the L
+    tokens with ``initial_states = conv_state[..., -(width - 1):]``.
+    """
+    x = ck.as_array("x", x)
+    dtype = ck.float_dtype("x", x)
+    ck.check_ndim("x", x, [("batch", "dim"), ("batch", "dim", "L")])
+    one_token = x.ndim == 2
+    x3 = x[:, :, None] if one_token else x
+    batch, dim, _ = x3.shape
+    silu = _silu_flag(activation)
+    weight = _conv_weight(weight, dtype, dim)
+    if not isinstance(conv_state, np.ndarray):
+        raise TypeError(
+            "conv_state: expected a numpy.ndarray updated in place, "
+            f"got {type(conv_state).__name__}"
+        )
+    ck.check_ndim("conv_state", conv_state, [("batch", "dim", "state_len")])
+    state_len = conv_state.shape[2]
+    dims = ("batch", "dim", "state_len")
+    ck.writable_state("conv_state", conv_state, dtype, "x", dims, (batch, dim, state_len))
+    if state_len < weight.shape[1] - 1:
+        raise ValueError(
+            f"conv_state: expected state_len >= width - 1 = {weight.shape[1] - 1}, "
+            f"got shape {conv_state.shape}"
+        )
+    out = _CONV_UPDATE[dtype](
+        np.ascontiguousarray(x3),
+        conv_state,
+        weight,
+        ck.optional_float_input("bias", bias, dtype, "x", ("dim",), (dim,)),
+        silu,
+    )
+    return out[:, :, 0] if one_token else out

@@ -1,5 +1,6 @@
 //! Mamba kernels: the Mamba-1 selective scan and its one-token decode step.
 
+pub mod conv1d;
 pub mod matmul;
 pub mod selective_scan;
 pub mod ssd;

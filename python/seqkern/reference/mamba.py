@@ -116,3 +116,171 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     if z is not None:
         out = out * silu(z)
     return out
+
+
+# --- Mamba-2 SSD and the causal conv1d
+
+
+def _ssd_dt(dt, dt_bias, dt_softplus, dt_limit):
+    """dt' = clamp(softplus(dt + dt_bias), *dt_limit), as mamba_ssm's kernel (always clamps)."""
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    if dt_softplus:
+        dt = softplus(dt)
+    return np.clip(dt, dt_limit[0], dt_limit[1])
+
+
+def _ssd_finish(y, x, D, z):
+    """y + D x, gated by silu(z); D is (h,) or (h, p)."""
+    if D is not None:
+        y = y + (D[:, None] if D.ndim == 1 else D) * x
+    if z is not None:
+        y = y * silu(z)
+    return y
+
+
+def ssd_scan_sequential(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    dt_bias=None,
+    initial_states=None,
+    dt_softplus=False,
+    dt_limit=(0.0, np.inf),
+    return_final_states=False,
+):
+    """Mamba-2 SSD recurrence, one step at a time::
+
+        dt'_t = clamp(softplus(dt_t + dt_bias), *dt_limit)
+        S_t = exp(dt'_t A) S_{t-1} + dt'_t x_t B_t^T;   y_t = S_t C_t + D x_t
+        out_t = y_t * silu(z_t)
+
+    x, z: (b, L, h, p); dt: (b, L, h); A, dt_bias: (h,); B, C: (b, L, g, n); D: (h,) | (h, p);
+    states (b, h, p, n).
+    """
+    batch, length, heads, headdim = x.shape
+    dstate = B.shape[-1]
+    dt = _ssd_dt(dt, dt_bias, dt_softplus, dt_limit)
+    Bh = np.repeat(B, heads // B.shape[2], axis=2)
+    Ch = np.repeat(C, heads // C.shape[2], axis=2)
+    S = (
+        np.zeros((batch, heads, headdim, dstate), x.dtype)
+        if initial_states is None
+        else initial_states.copy()
+    )
+    y = np.empty_like(x)
+    for t in range(length):
+        decay = np.exp(dt[:, t] * A)[:, :, None, None]
+        S = decay * S + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
+        y[:, t] = np.einsum("bhpn,bhn->bhp", S, Ch[:, t])
+    y = _ssd_finish(y, x, D, z)
+    return (y, S) if return_final_states else y
+
+
+def ssd_scan_chunked(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size=256,
+    D=None,
+    z=None,
+    dt_bias=None,
+    initial_states=None,
+    dt_softplus=False,
+    dt_limit=(0.0, np.inf),
+    return_final_states=False,
+):
+    """The same recurrence by the chunked SSD algorithm (mamba_ssm's ``ssd_minimal``, with
+    groups, ragged L, D, z and states). With chunks of Q steps and ``cs`` the cumulative sum
+    of dt' A inside each chunk::
+
+        Y_diag = (C B^T * exp(cs_i - cs_j) * [j <= i]) (dt' x)        intra-chunk
+        S_c    = sum_l exp(cs_last - cs_l) dt'_l x_l B_l^T           chunk states
+        S_in(c + 1) = exp(cs_last(c)) S_in(c) + S_c                  pass over chunks
+        Y_off  = exp(cs_i) S_in(c) C_i                               state to output
+
+    L is padded with dt' = 0 steps (no decay, no input) up to a multiple of Q.
+    """
+    batch, length, heads, headdim = x.shape
+    groups, dstate = B.shape[2], B.shape[3]
+    Q = max(1, min(chunk_size, max(length, 1)))
+    chunks = -(-length // Q)
+    pad = chunks * Q - length
+    dt = _ssd_dt(dt, dt_bias, dt_softplus, dt_limit)
+
+    def chunked(a):  # (b, L, ...) -> (b, chunks, Q, ...), zero-padded
+        a = np.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        return a.reshape(batch, chunks, Q, *a.shape[2:])
+
+    X, dtc = chunked(x), chunked(dt)
+    Bh = np.repeat(chunked(B), heads // groups, axis=3)  # (b, c, Q, h, n)
+    Ch = np.repeat(chunked(C), heads // groups, axis=3)
+    cs = np.cumsum(dtc * A, axis=2).transpose(0, 3, 1, 2)  # (b, h, c, Q)
+    causal = np.tril(np.ones((Q, Q), dtype=bool))
+    with np.errstate(over="ignore"):
+        decay = np.exp(np.where(causal, cs[..., :, None] - cs[..., None, :], -np.inf))
+    Xdt = X * dtc[..., None]  # (b, c, Q, h, p)
+    CB = np.einsum("bclhn,bcshn->bhcls", Ch, Bh)
+    Y = np.einsum("bhcls,bcshp->bclhp", CB * decay, Xdt)
+    to_end = np.exp(cs[..., -1:] - cs)  # (b, h, c, Q)
+    S_chunk = np.einsum("bclhn,bhcl,bclhp->bchpn", Bh, to_end, Xdt)
+    S = (
+        np.zeros((batch, heads, headdim, dstate), x.dtype)
+        if initial_states is None
+        else initial_states
+    )
+    S_in = np.empty_like(S_chunk)
+    for c in range(chunks):
+        S_in[:, c] = S
+        S = np.exp(cs[:, :, c, -1])[..., None, None] * S + S_chunk[:, c]
+    Y = Y + np.einsum("bclhn,bchpn,bhcl->bclhp", Ch, S_in, np.exp(cs))
+    y = _ssd_finish(Y.reshape(batch, chunks * Q, heads, headdim)[:, :length], x, D, z)
+    return (y, S) if return_final_states else y
+
+
+def causal_conv1d(
+    x, weight, bias=None, activation=None, initial_states=None, return_final_states=False
+):
+    """Causal depthwise conv1d: with x' = [initial_states (zeros by default), x] along time,
+    ``out[t] = bias + sum_k weight[:, k] x'[t + k]`` (then silu if activation is "silu" or
+    "swish"); the final states are the last width - 1 columns of x'.
+    x: (batch, dim, L); weight: (dim, width); states (batch, dim, width - 1).
+    """
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    head = np.zeros((batch, dim, width - 1), x.dtype) if initial_states is None else initial_states
+    joined = np.concatenate([head, x], axis=-1)
+    out = sum(weight[:, k, None] * joined[..., k : k + length] for k in range(width))
+    if bias is not None:
+        out = out + bias[:, None]
+    if activation in ("silu", "swish"):
+        out = silu(out)
+    final_states = joined[..., joined.shape[-1] - (width - 1) :]
+    return (out, final_states.copy()) if return_final_states else out
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """One decode call, updating ``conv_state`` (batch, dim, S >= width - 1) in place: with
+    joined = [conv_state, x], out[t] = bias + sum_k weight[:, k] joined[S + t - width + 1 + k]
+    (then silu) and conv_state = joined[-S:]. x is (batch, dim) or (batch, dim, L).
+    """
+    one_token = x.ndim == 2
+    x3 = x[:, :, None] if one_token else x
+    length, state_len, width = x3.shape[-1], conv_state.shape[-1], weight.shape[1]
+    joined = np.concatenate([conv_state, x3], axis=-1)
+    start = state_len - (width - 1)
+    out = sum(
+        weight[:, k, None] * joined[..., start + k : start + k + length] for k in range(width)
+    )
+    if bias is not None:
+        out = out + bias[:, None]
+    if activation in ("silu", "swish"):
+        out = silu(out)
+    conv_state[...] = joined[..., length:]
+    return out[:, :, 0] if one_token else out

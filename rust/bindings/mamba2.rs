@@ -1,0 +1,257 @@
+//! Bindings of the Mamba-2 SSD scan and of the causal depthwise conv1d.
+
+use super::{as_mut_slice, as_opt_slice, as_slice, run_detached, to_numpy};
+use crate::error::checked_product;
+use crate::mamba::conv1d::{self, ConvDims, ConvInputs};
+use crate::mamba::ssd::{ssd_scan, ssd_scan_sequential, SsdDims, SsdInputs};
+use crate::mamba::state_update::Granularity;
+use crate::simd::Real;
+use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(ssd_scan_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(ssd_scan_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(causal_conv1d_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(causal_conv1d_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(causal_conv1d_update_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(causal_conv1d_update_f64, m)?)?;
+    Ok(())
+}
+
+fn shape_of<const N: usize>(name: &str, shape: &[usize]) -> PyResult<[usize; N]> {
+    shape.try_into().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name}: expected {N} dimensions, got shape {shape:?}"
+        ))
+    })
+}
+
+type Pair<'py, T> = (Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<T>>);
+
+/// Options of one SSD call that are not arrays.
+#[derive(Clone, Copy)]
+struct SsdOptions<T> {
+    chunk_size: usize,
+    dt_softplus: bool,
+    dt_limit: (T, T),
+    sequential: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ssd_generic<'py, T: Real + Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    dt: PyReadonlyArrayDyn<'py, T>,
+    a: PyReadonlyArrayDyn<'py, T>,
+    b: PyReadonlyArrayDyn<'py, T>,
+    c: PyReadonlyArrayDyn<'py, T>,
+    d: Option<PyReadonlyArrayDyn<'py, T>>,
+    z: Option<PyReadonlyArrayDyn<'py, T>>,
+    dt_bias: Option<PyReadonlyArrayDyn<'py, T>>,
+    initial_states: Option<PyReadonlyArrayDyn<'py, T>>,
+    options: SsdOptions<T>,
+) -> PyResult<Pair<'py, T>> {
+    let [batch, len, heads, headdim] = shape_of::<4>("x", x.shape())?;
+    let [_, _, groups, dstate] = shape_of::<4>("B", b.shape())?;
+    let dims = SsdDims {
+        batch,
+        len,
+        heads,
+        headdim,
+        dstate,
+        groups,
+        chunk_size: options.chunk_size,
+        d_form: match d.as_ref().map(|d| d.ndim()) {
+            Some(2) => Granularity::PerHeadDim,
+            _ => Granularity::PerHead,
+        },
+    };
+    let inputs = SsdInputs {
+        x: as_slice("x", &x)?,
+        dt: as_slice("dt", &dt)?,
+        a: as_slice("A", &a)?,
+        b: as_slice("B", &b)?,
+        c: as_slice("C", &c)?,
+        d: as_opt_slice("D", &d)?,
+        z: as_opt_slice("z", &z)?,
+        dt_bias: as_opt_slice("dt_bias", &dt_bias)?,
+        dt_softplus: options.dt_softplus,
+        dt_limit: options.dt_limit,
+        initial_states: as_opt_slice("initial_states", &initial_states)?,
+    };
+    let out_shape = [batch, len, heads, headdim];
+    let state_shape = [batch, heads, headdim, dstate];
+    let out_len = checked_product("x", &out_shape)?;
+    let state_len = checked_product("initial_states", &state_shape)?;
+    let (out, last) = run_detached(py, || {
+        let mut out = vec![T::ZERO; out_len];
+        let mut last = vec![T::ZERO; state_len];
+        if options.sequential {
+            ssd_scan_sequential(dims, inputs, &mut out, &mut last)?;
+        } else {
+            ssd_scan(dims, inputs, &mut out, &mut last)?;
+        }
+        Ok((out, last))
+    })?;
+    Ok((
+        to_numpy(py, &out_shape, out)?,
+        to_numpy(py, &state_shape, last)?,
+    ))
+}
+
+fn conv_generic<'py, T: Real + Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    weight: PyReadonlyArrayDyn<'py, T>,
+    bias: Option<PyReadonlyArrayDyn<'py, T>>,
+    silu: bool,
+    initial_states: Option<PyReadonlyArrayDyn<'py, T>>,
+) -> PyResult<Pair<'py, T>> {
+    let [batch, dim, len] = shape_of::<3>("x", x.shape())?;
+    let [_, width] = shape_of::<2>("weight", weight.shape())?;
+    if width == 0 {
+        return Err(PyValueError::new_err("weight: expected width >= 1, got 0"));
+    }
+    let dims = ConvDims {
+        batch,
+        dim,
+        len,
+        width,
+        silu,
+    };
+    let inputs = ConvInputs {
+        x: as_slice("x", &x)?,
+        weight: as_slice("weight", &weight)?,
+        bias: as_opt_slice("bias", &bias)?,
+        initial_states: as_opt_slice("initial_states", &initial_states)?,
+    };
+    let out_shape = [batch, dim, len];
+    let state_shape = [batch, dim, width - 1];
+    let out_len = checked_product("x", &out_shape)?;
+    let state_len = checked_product("initial_states", &state_shape)?;
+    let (out, last) = run_detached(py, || {
+        let mut out = vec![T::ZERO; out_len];
+        let mut last = vec![T::ZERO; state_len];
+        conv1d::causal_conv1d(dims, inputs, &mut out, &mut last)?;
+        Ok((out, last))
+    })?;
+    Ok((
+        to_numpy(py, &out_shape, out)?,
+        to_numpy(py, &state_shape, last)?,
+    ))
+}
+
+fn conv_update_generic<'py, T: Real + Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    mut conv_state: PyReadwriteArrayDyn<'py, T>,
+    weight: PyReadonlyArrayDyn<'py, T>,
+    bias: Option<PyReadonlyArrayDyn<'py, T>>,
+    silu: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let [batch, dim, len] = shape_of::<3>("x", x.shape())?;
+    let [_, _, state_len] = shape_of::<3>("conv_state", conv_state.shape())?;
+    let [_, width] = shape_of::<2>("weight", weight.shape())?;
+    let dims = conv1d::UpdateDims {
+        batch,
+        dim,
+        len,
+        width,
+        state_len,
+        silu,
+    };
+    let x = as_slice("x", &x)?;
+    let weight = as_slice("weight", &weight)?;
+    let bias = as_opt_slice("bias", &bias)?;
+    let out_shape = [batch, dim, len];
+    let out_len = checked_product("x", &out_shape)?;
+    let state = as_mut_slice("conv_state", &mut conv_state)?;
+    let out = run_detached(py, || {
+        let mut out = vec![T::ZERO; out_len];
+        conv1d::causal_conv1d_update(dims, x, weight, bias, state, &mut out)?;
+        Ok(out)
+    })?;
+    to_numpy(py, &out_shape, out)
+}
+
+macro_rules! typed_entry_points {
+    ($t:ty, $ssd:ident, $conv:ident, $update:ident) => {
+        /// SSD scan for one dtype (the checks live in `seqkern.mamba`); `sequential` runs the
+        /// step-by-step recurrence instead of the chunked algorithm.
+        #[pyfunction]
+        #[pyo3(signature = (
+                    x, dt, a, b, c, chunk_size, d, z, dt_bias, initial_states, dt_softplus, dt_min,
+                    dt_max, sequential
+                ))]
+        #[allow(clippy::too_many_arguments)]
+        fn $ssd<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            dt: PyReadonlyArrayDyn<'py, $t>,
+            a: PyReadonlyArrayDyn<'py, $t>,
+            b: PyReadonlyArrayDyn<'py, $t>,
+            c: PyReadonlyArrayDyn<'py, $t>,
+            chunk_size: usize,
+            d: Option<PyReadonlyArrayDyn<'py, $t>>,
+            z: Option<PyReadonlyArrayDyn<'py, $t>>,
+            dt_bias: Option<PyReadonlyArrayDyn<'py, $t>>,
+            initial_states: Option<PyReadonlyArrayDyn<'py, $t>>,
+            dt_softplus: bool,
+            dt_min: $t,
+            dt_max: $t,
+            sequential: bool,
+        ) -> PyResult<Pair<'py, $t>> {
+            let options = SsdOptions {
+                chunk_size,
+                dt_softplus,
+                dt_limit: (dt_min, dt_max),
+                sequential,
+            };
+            ssd_generic(py, x, dt, a, b, c, d, z, dt_bias, initial_states, options)
+        }
+
+        /// Causal depthwise conv1d for one dtype; x is (batch, dim, L).
+        #[pyfunction]
+        #[pyo3(signature = (x, weight, bias, silu, initial_states))]
+        fn $conv<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            weight: PyReadonlyArrayDyn<'py, $t>,
+            bias: Option<PyReadonlyArrayDyn<'py, $t>>,
+            silu: bool,
+            initial_states: Option<PyReadonlyArrayDyn<'py, $t>>,
+        ) -> PyResult<Pair<'py, $t>> {
+            conv_generic(py, x, weight, bias, silu, initial_states)
+        }
+
+        /// Conv1d decode step for one dtype; x is (batch, dim, L), conv_state is updated in
+        /// place.
+        #[pyfunction]
+        #[pyo3(signature = (x, conv_state, weight, bias, silu))]
+        fn $update<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            conv_state: PyReadwriteArrayDyn<'py, $t>,
+            weight: PyReadonlyArrayDyn<'py, $t>,
+            bias: Option<PyReadonlyArrayDyn<'py, $t>>,
+            silu: bool,
+        ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
+            conv_update_generic(py, x, conv_state, weight, bias, silu)
+        }
+    };
+}
+
+typed_entry_points!(
+    f32,
+    ssd_scan_f32,
+    causal_conv1d_f32,
+    causal_conv1d_update_f32
+);
+typed_entry_points!(
+    f64,
+    ssd_scan_f64,
+    causal_conv1d_f64,
+    causal_conv1d_update_f64
+);
