@@ -17,7 +17,7 @@ use crate::error::{check_len, KernelError};
 use crate::simd::{self, Arch, Kernel, Real};
 use rayon::prelude::*;
 
-/// Outputs computed side by side in the vectorised loop.
+/// Outputs computed side by side in the short vectorised loop (one 512-bit register of f32).
 const LANES: usize = 16;
 /// Channels per task.
 const ROWS_PER_TASK: usize = 64;
@@ -155,6 +155,7 @@ impl<T: Real> Kernel for RowsJob<'_, '_, T> {
         let (len, width, dim) = (self.dims.len, self.dims.width, self.dims.dim);
         let context = width - 1;
         let mut head = vec![T::ZERO; context];
+        let mut padded = vec![T::ZERO; context + LANES];
         for (r, out) in self.out.chunks_exact_mut(len).enumerate() {
             let row = self.first_row + r;
             let channel = row % dim;
@@ -165,7 +166,7 @@ impl<T: Real> Kernel for RowsJob<'_, '_, T> {
                 bias: self.inputs.bias.map_or(T::ZERO, |b| b[channel]),
                 silu: self.dims.silu,
             };
-            filter.apply::<A>(&head, x, out);
+            filter.apply::<A>(&head, x, out, &mut padded);
             if context > 0 {
                 let state = &mut self.states[r * context..(r + 1) * context];
                 last_inputs(&head, x, state);
@@ -198,40 +199,55 @@ impl<T: Real> Filter<'_, T> {
     /// `out[t] = act(bias + sum_k w[k] [head, x][t + k])` for every t of x; `head` holds the
     /// `width - 1` inputs before x.
     #[inline(always)]
-    fn apply<A: Arch>(&self, head: &[T], x: &[T], out: &mut [T]) {
+    /// `padded` is scratch of `width - 1 + LANES` elements.
+    fn apply<A: Arch>(&self, head: &[T], x: &[T], out: &mut [T], padded: &mut [T]) {
         let width = self.weight.len();
         let context = width - 1;
         let len = x.len();
-        // Outputs whose window lies inside x: t >= context, in blocks of LANES.
+        // Outputs whose window lies inside x: t >= context, in blocks of 4 LANES (independent
+        // accumulators hide the FMA latency), then of LANES.
         let mut t = context.min(len);
+        while t + 4 * LANES <= len {
+            self.block::<A, 4>(x, t, &mut out[t..t + 4 * LANES]);
+            t += 4 * LANES;
+        }
         while t + LANES <= len {
-            let mut acc = [self.bias; LANES];
-            for (k, &w) in self.weight.iter().enumerate() {
-                let window: &[T; LANES] = x[t - context + k..t - context + k + LANES]
-                    .try_into()
-                    .expect("LANES inputs");
-                for (a, &v) in acc.iter_mut().zip(window) {
-                    *a = T::fma::<A>(w, v, *a);
-                }
-            }
-            self.store(&acc, &mut out[t..t + LANES]);
+            self.block::<A, 1>(x, t, &mut out[t..t + LANES]);
             t += LANES;
         }
-        // The rest: the first `context` outputs read the head, and the tail of x.
+        // The rest: the first `context` outputs (which read the head) and the tail of x.
+        self.edge::<A>(head, x, (0, context.min(len)), out, padded);
+        self.edge::<A>(head, x, (t, len), out, padded);
+    }
+
+    /// Outputs `from..to` in blocks of LANES computed on a zero-padded copy of their inputs
+    /// (`[head, x]` from `from` on).
+    #[inline(always)]
+    fn edge<A: Arch>(
+        &self,
+        head: &[T],
+        x: &[T],
+        (from, to): (usize, usize),
+        out: &mut [T],
+        padded: &mut [T],
+    ) {
+        let context = head.len();
         let input = |s: usize| {
             if s < context {
                 head[s]
             } else {
-                x[s - context]
+                x.get(s - context).copied().unwrap_or(T::ZERO)
             }
         };
-        let first_fast = context.min(len);
-        for t in (0..first_fast).chain(t..len) {
-            let mut acc = self.bias;
-            for (k, &w) in self.weight.iter().enumerate() {
-                acc = T::fma::<A>(w, input(t + k), acc);
+        for start in (from..to).step_by(LANES) {
+            for (i, v) in padded.iter_mut().enumerate() {
+                *v = input(start + i);
             }
-            out[t] = self.activate(acc);
+            let [acc] = self.window_sums::<A, 1>(padded, 0);
+            let count = LANES.min(to - start);
+            for (o, &a) in out[start..start + count].iter_mut().zip(&acc) {
+                *o = self.activate(a);
+            }
         }
     }
 
@@ -244,11 +260,48 @@ impl<T: Real> Filter<'_, T> {
         }
     }
 
+    /// Outputs `t..t + G * LANES` (G <= 4), all of whose inputs lie in x (t >= width - 1).
     #[inline(always)]
-    fn store(&self, acc: &[T; LANES], out: &mut [T]) {
-        for (o, &a) in out.iter_mut().zip(acc) {
-            *o = self.activate(a);
+    fn block<A: Arch, const G: usize>(&self, x: &[T], t: usize, out: &mut [T]) {
+        let acc = self.window_sums::<A, G>(x, t + 1 - self.weight.len());
+        for (out, acc) in out.chunks_exact_mut(LANES).zip(&acc) {
+            if self.silu {
+                for (o, &a) in out.iter_mut().zip(acc) {
+                    *o = a.silu();
+                }
+            } else {
+                out.copy_from_slice(acc);
+            }
         }
+    }
+
+    /// `bias + sum_k w[k] x[start + k + i]` for i < G * LANES, in G independent registers.
+    ///
+    /// The G rows of LANES are written out one by one (constant-folded `get_mut(g)`): one
+    /// long loop over G * LANES accumulators is too long to unroll, and the vectoriser then
+    /// keeps the accumulators in memory.
+    #[inline(always)]
+    fn window_sums<A: Arch, const G: usize>(&self, x: &[T], start: usize) -> [[T; LANES]; G] {
+        const { assert!(G <= 4) };
+        let mut acc = [[self.bias; LANES]; G];
+        for (k, &w) in self.weight.iter().enumerate() {
+            // One bounds check per tap; the rows' windows are then provably inside.
+            let taps = &x[start + k..start + k + G * LANES];
+            macro_rules! rows {
+                ($($g:literal),*) => {$(
+                    if let Some(row) = acc.get_mut($g) {
+                        let window: &[T; LANES] = taps[$g * LANES..($g + 1) * LANES]
+                            .try_into()
+                            .expect("LANES inputs");
+                        for (a, &v) in row.iter_mut().zip(window) {
+                            *a = T::fma::<A>(w, v, *a);
+                        }
+                    }
+                )*};
+            }
+            rows!(0, 1, 2, 3);
+        }
+        acc
     }
 }
 
@@ -361,6 +414,7 @@ impl<T: Real> Kernel for UpdateJob<'_, '_, T> {
         let context = width - 1;
         let rows = self.out.len() / len;
         let mut joined = vec![T::ZERO; s + len];
+        let mut padded = vec![T::ZERO; context + LANES];
         for r in 0..rows {
             let row = self.first_row + r;
             let channel = row % dim;
@@ -375,7 +429,8 @@ impl<T: Real> Kernel for UpdateJob<'_, '_, T> {
             };
             // The window of the first new input starts `context` inputs before it.
             let (head, _) = joined[s - context..].split_at(context);
-            filter.apply::<A>(head, x, &mut self.out[r * len..(r + 1) * len]);
+            let out = &mut self.out[r * len..(r + 1) * len];
+            filter.apply::<A>(head, x, out, &mut padded);
             state.copy_from_slice(&joined[len..]);
         }
     }

@@ -218,18 +218,20 @@ def ssd_scan_chunked(
         a = np.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
         return a.reshape(batch, chunks, Q, *a.shape[2:])
 
-    X, dtc = chunked(x), chunked(dt)
-    Bh = np.repeat(chunked(B), heads // groups, axis=3)  # (b, c, Q, h, n)
-    Ch = np.repeat(chunked(C), heads // groups, axis=3)
-    cs = np.cumsum(dtc * A, axis=2).transpose(0, 3, 1, 2)  # (b, h, c, Q)
+    # Per (batch, chunk, head): rows are the Q steps of the chunk; stacked matmuls use BLAS.
+    X = chunked(x * dt[..., None]).transpose(0, 1, 3, 2, 4)  # dt' x: (b, c, h, Q, p)
+    Bg = chunked(B).transpose(0, 1, 3, 2, 4)  # (b, c, g, Q, n)
+    Cg = chunked(C).transpose(0, 1, 3, 2, 4)
+    per_head = heads // groups
+    cs = np.cumsum(chunked(dt * A), axis=2).transpose(0, 1, 3, 2)  # (b, c, h, Q)
     causal = np.tril(np.ones((Q, Q), dtype=bool))
     with np.errstate(over="ignore"):
         decay = np.exp(np.where(causal, cs[..., :, None] - cs[..., None, :], -np.inf))
-    Xdt = X * dtc[..., None]  # (b, c, Q, h, p)
-    CB = np.einsum("bclhn,bcshn->bhcls", Ch, Bh)
-    Y = np.einsum("bhcls,bcshp->bclhp", CB * decay, Xdt)
-    to_end = np.exp(cs[..., -1:] - cs)  # (b, h, c, Q)
-    S_chunk = np.einsum("bclhn,bhcl,bclhp->bchpn", Bh, to_end, Xdt)
+    CB = np.repeat(Cg @ Bg.swapaxes(-1, -2), per_head, axis=2)  # (b, c, h, Q, Q), per group
+    Y = (CB * decay) @ X  # intra-chunk
+    Bh, Ch = np.repeat(Bg, per_head, axis=2), np.repeat(Cg, per_head, axis=2)
+    to_end = np.exp(cs[..., -1:] - cs)  # (b, c, h, Q)
+    S_chunk = (X * to_end[..., None]).swapaxes(-1, -2) @ Bh  # (b, c, h, p, n)
     S = (
         np.zeros((batch, heads, headdim, dstate), x.dtype)
         if initial_states is None
@@ -238,9 +240,10 @@ def ssd_scan_chunked(
     S_in = np.empty_like(S_chunk)
     for c in range(chunks):
         S_in[:, c] = S
-        S = np.exp(cs[:, :, c, -1])[..., None, None] * S + S_chunk[:, c]
-    Y = Y + np.einsum("bclhn,bchpn,bhcl->bclhp", Ch, S_in, np.exp(cs))
-    y = _ssd_finish(Y.reshape(batch, chunks * Q, heads, headdim)[:, :length], x, D, z)
+        S = np.exp(cs[:, c, :, -1])[..., None, None] * S + S_chunk[:, c]
+    Y = Y + (Ch * np.exp(cs)[..., None]) @ S_in.swapaxes(-1, -2)  # state to output
+    Y = Y.transpose(0, 1, 3, 2, 4).reshape(batch, chunks * Q, heads, headdim)[:, :length]
+    y = _ssd_finish(Y, x, D, z)
     return (y, S) if return_final_states else y
 
 
