@@ -168,12 +168,34 @@ fn conv_update_generic<'py, T: Real + Element>(
     let out_shape = [batch, dim, len];
     let out_len = checked_product("x", &out_shape)?;
     let state = as_mut_slice("conv_state", &mut conv_state)?;
-    let out = run_detached(py, || {
+    let kernel = || {
         let mut out = vec![T::ZERO; out_len];
         conv1d::causal_conv1d_update(dims, x, weight, bias, state, &mut out)?;
         Ok(out)
-    })?;
+    };
+    let out = if conv1d::update_is_single_task(&dims) {
+        run_detached_inline(py, kernel)?
+    } else {
+        run_detached(py, kernel)?
+    };
     to_numpy(py, &out_shape, out)
+}
+
+/// Like [`run_detached`] for a kernel that uses no threads: the GIL is released and a panic
+/// becomes a `RuntimeError`, but the call stays on this thread (handing a few microseconds of
+/// work to the pool would cost more than the work).
+fn run_detached_inline<R, F>(py: Python<'_>, kernel: F) -> PyResult<R>
+where
+    R: Send,
+    F: FnOnce() -> Result<R, crate::error::KernelError> + Send,
+{
+    let outcome = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel)));
+    match outcome {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "seqkern internal error: a panic in causal_conv1d_update",
+        )),
+    }
 }
 
 macro_rules! typed_entry_points {

@@ -21,6 +21,8 @@ use rayon::prelude::*;
 const LANES: usize = 16;
 /// Channels per task.
 const ROWS_PER_TASK: usize = 64;
+/// Least work (multiply-adds plus copies) per task of a decode step.
+const UPDATE_TASK_WORK: usize = 1 << 15;
 
 /// Sizes of one convolution call.
 #[derive(Clone, Copy, Debug)]
@@ -371,23 +373,40 @@ pub fn causal_conv1d_update<T: Real>(
         return causal_conv1d(conv, inputs, out, &mut []);
     }
     let isa = simd::isa();
-    out.par_chunks_mut(ROWS_PER_TASK * len.max(1))
-        .zip(conv_state.par_chunks_mut(ROWS_PER_TASK * s.max(1)))
+    // A decode step is little work per row: give each task at least UPDATE_TASK_WORK taps.
+    let rows_per_task = update_rows_per_task(&dims);
+    let job = |task: usize, out: &mut [T], states: &mut [T]| {
+        let job = UpdateJob {
+            dims: conv,
+            state_len: s,
+            inputs,
+            first_row: task * rows_per_task,
+            out,
+            states,
+        };
+        simd::dispatch_on(isa, job);
+    };
+    if rows <= rows_per_task {
+        // One task: no thread hand-off (a decode step is a few microseconds of work).
+        job(0, out, conv_state);
+        return Ok(());
+    }
+    out.par_chunks_mut(rows_per_task * len)
+        .zip(conv_state.par_chunks_mut(rows_per_task * s))
         .enumerate()
-        .for_each(|(task, (out, states))| {
-            simd::dispatch_on(
-                isa,
-                UpdateJob {
-                    dims: conv,
-                    state_len: s,
-                    inputs,
-                    first_row: task * ROWS_PER_TASK,
-                    out,
-                    states,
-                },
-            );
-        });
+        .for_each(|(task, (out, states))| job(task, out, states));
     Ok(())
+}
+
+/// Rows per task of a decode step: at least [`UPDATE_TASK_WORK`] taps and copies each.
+fn update_rows_per_task(dims: &UpdateDims) -> usize {
+    (UPDATE_TASK_WORK / ((dims.state_len + dims.len) * dims.width).max(1)).max(1)
+}
+
+/// Whether [`causal_conv1d_update`] runs as a single task on the calling thread (so that the
+/// caller can skip the thread pool).
+pub fn update_is_single_task(dims: &UpdateDims) -> bool {
+    dims.batch * dims.dim <= update_rows_per_task(dims)
 }
 
 /// A block of rows of one decode task.
@@ -413,25 +432,36 @@ impl<T: Real> Kernel for UpdateJob<'_, '_, T> {
         );
         let context = width - 1;
         let rows = self.out.len() / len;
-        let mut joined = vec![T::ZERO; s + len];
-        let mut padded = vec![T::ZERO; context + LANES];
         for r in 0..rows {
             let row = self.first_row + r;
             let channel = row % dim;
             let state = &mut self.states[r * s..(r + 1) * s];
             let x = &self.inputs.x[row * len..(row + 1) * len];
-            joined[..s].copy_from_slice(state);
-            joined[s..].copy_from_slice(x);
-            let filter = Filter {
-                weight: &self.inputs.weight[channel * width..(channel + 1) * width],
-                bias: self.inputs.bias.map_or(T::ZERO, |b| b[channel]),
-                silu: self.dims.silu,
-            };
-            // The window of the first new input starts `context` inputs before it.
-            let (head, _) = joined[s - context..].split_at(context);
-            let out = &mut self.out[r * len..(r + 1) * len];
-            filter.apply::<A>(head, x, out, &mut padded);
-            state.copy_from_slice(&joined[len..]);
+            let weight = &self.inputs.weight[channel * width..(channel + 1) * width];
+            let bias = self.inputs.bias.map_or(T::ZERO, |b| b[channel]);
+            // joined = [state, x]; output t reads joined[s - context + t ..][..width].
+            let joined = |i: usize| if i < s { state[i] } else { x[i - s] };
+            for (t, o) in self.out[r * len..(r + 1) * len].iter_mut().enumerate() {
+                let first = s - context + t;
+                let mut acc = bias;
+                for (k, &w) in weight.iter().enumerate() {
+                    acc = T::fma::<A>(w, joined(first + k), acc);
+                }
+                *o = acc;
+            }
+            // state = joined[len..]
+            if len >= s {
+                state.copy_from_slice(&x[len - s..]);
+            } else {
+                state.copy_within(len.., 0);
+                state[s - len..].copy_from_slice(x);
+            }
+        }
+        if self.dims.silu {
+            // One vectorised pass over the task's outputs.
+            for o in self.out.iter_mut() {
+                *o = o.silu();
+            }
         }
     }
 }
