@@ -74,6 +74,25 @@ pub enum Store<'a, T> {
     AddRowScaled(&'a [T]),
     /// C = s C + A B.
     ScaleAdd(T),
+    /// C[i][j] = s_j C[i][j] + (A B)[i][j], with `s` of length N.
+    ScaleColumnsAdd(&'a [T]),
+    /// C[i][j] = s_j P[i][j] + (A B)[i][j]: like `ScaleColumnsAdd` with the previous values
+    /// read from `P` (M x N, row-major with C's row stride) instead of C.
+    ScaleColumnsAddFrom {
+        /// s, of length N.
+        scale: &'a [T],
+        /// P.
+        previous: &'a [T],
+    },
+    /// C[i][j] += r[i * ld + j / block] (A B)[i][j]: one scale per row and block of columns.
+    AddGridScaled {
+        /// The scales, row-major.
+        scale: &'a [T],
+        /// Distance between rows of `scale`.
+        ld: usize,
+        /// Columns per block.
+        block: usize,
+    },
 }
 
 /// One product `C (+)= A B` of sizes (M x K) (K x N). B's columns are contiguous: element
@@ -154,7 +173,7 @@ impl<T: Real> MatmulJob<'_, '_, T> {
     #[inline(always)]
     fn tiles<A: Arch, const MR: usize, const NR: usize>(self) {
         let p = self.product;
-        let mut a_pack = vec![T::ZERO; p.k * MR];
+        let mut a_pack = Vec::new();
         let mut b_edge = Vec::new();
         for i0 in (0..p.m).step_by(MR) {
             let rows = MR.min(p.m - i0);
@@ -173,6 +192,7 @@ impl<T: Real> MatmulJob<'_, '_, T> {
             let (a_cols, a_step) = if direct {
                 (&p.a.data[p.a.offset + i0..], p.a.col_stride)
             } else {
+                a_pack.resize(p.k * MR, T::ZERO);
                 pack_a::<T, MR>(&p, i0, rows, depth, &mut a_pack);
                 (&a_pack[..], MR)
             };
@@ -323,6 +343,33 @@ fn store_tile<T: Real, const MR: usize, const NR: usize>(
                     *cv = s * *cv + v;
                 }
             }
+            Store::ScaleColumnsAddFrom { scale, previous } => {
+                let scale = &scale[at.j0..at.j0 + at.cols];
+                let previous = &previous[start..start + at.cols];
+                for (((cv, &v), &s), &old) in row.iter_mut().zip(acc_row).zip(scale).zip(previous) {
+                    *cv = s * old + v;
+                }
+            }
+            Store::ScaleColumnsAdd(scale) => {
+                let scale = &scale[at.j0..at.j0 + at.cols];
+                for ((cv, &v), &s) in row.iter_mut().zip(acc_row).zip(scale) {
+                    *cv = s * *cv + v;
+                }
+            }
+            Store::AddGridScaled { scale, ld, block } => {
+                let scales = &scale[(at.i0 + i) * ld..];
+                let (first, last) = (at.j0 / block, (at.j0 + at.cols - 1) / block);
+                if first == last {
+                    let r = scales[first];
+                    for (cv, &v) in row.iter_mut().zip(acc_row) {
+                        *cv += r * v;
+                    }
+                } else {
+                    for (j, (cv, &v)) in row.iter_mut().zip(acc_row).enumerate() {
+                        *cv += scales[(at.j0 + j) / block] * v;
+                    }
+                }
+            }
         }
     }
 }
@@ -395,6 +442,35 @@ mod tests {
                 matmul(isa, p, &mut scaled, n, Store::ScaleAdd(0.5));
                 for (s, w) in scaled.iter().zip(&want) {
                     assert!((s - 1.5 * w).abs() < 1e-12);
+                }
+                let cols = values(n, 7);
+                let mut by_column = got.clone();
+                matmul(isa, p, &mut by_column, n, Store::ScaleColumnsAdd(&cols));
+                let previous = values(m * n, 9);
+                let mut from = vec![0.0; m * n];
+                let store = Store::ScaleColumnsAddFrom {
+                    scale: &cols,
+                    previous: &previous,
+                };
+                matmul(isa, p, &mut from, n, store);
+                for (i, (f, w)) in from.iter().zip(&want).enumerate() {
+                    assert!((f - (cols[i % n] * previous[i] + w)).abs() < 1e-12);
+                }
+                let grid = values(m * 3, 8);
+                let mut by_grid = got.clone();
+                let store = Store::AddGridScaled {
+                    scale: &grid,
+                    ld: 3,
+                    block: n.div_ceil(3).max(1),
+                };
+                matmul(isa, p, &mut by_grid, n, store);
+                for i in 0..m {
+                    for j in 0..n {
+                        let w = want[i * n + j];
+                        assert!((by_column[i * n + j] - (cols[j] + 1.0) * w).abs() < 1e-12);
+                        let r = grid[i * 3 + j / n.div_ceil(3).max(1)];
+                        assert!((by_grid[i * n + j] - (1.0 + r) * w).abs() < 1e-12);
+                    }
                 }
                 let rows = values(m, 4);
                 let mut acc = got.clone();

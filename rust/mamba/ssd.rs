@@ -22,13 +22,19 @@
 //! state output:  Y_i += exp(cs_i) S_in(c) C_i
 //! ```
 //!
-//! `C B^T` is computed once per group and chunk and shared by the group's heads. Then one task
-//! per (batch, head, block of channels) walks its chunks in order, keeping its slice of the
-//! state (dstate x channels) in cache: the intra-chunk product, the state-to-output product and
-//! the state update `S = exp(cs_last) S + S_c` (accumulated in place). Output columns are
-//! independent, so splitting channels into blocks (done when batch * heads is small, to give
-//! the threads work) does not change a single bit; every task computes in a fixed order, so the
-//! result does not depend on the thread count either. It depends on the chunk size only through
+//! `C B^T` and `C^T` are computed once per group and chunk (in parallel) and shared by the
+//! group's heads. The chunks are then walked in order; for each, two kinds of task run side by
+//! side, reading the states entering the chunk and writing those entering the next (two
+//! buffers, swapped after every chunk):
+//! - output tasks own a block of the chunk's rows of `out` (contiguous): per head the
+//!   intra-chunk product, then per block of heads the state-to-output product over all their
+//!   channels at once (C rows are shared, the scale `exp(cs_i)` differs per head), then D and
+//!   the gate;
+//! - update tasks own a block of heads and compute `S_next = exp(cs_last) S + B^T (w x)` with
+//!   the x rows of all the block's heads side by side.
+//!
+//! The task split depends on the sizes only and every task computes in a fixed order, so the
+//! result does not depend on the thread count. It depends on the chunk size only through
 //! rounding.
 //!
 //! [`ssd_scan_sequential`] runs the recurrence above one step at a time. It is the oracle of
@@ -40,10 +46,10 @@ use crate::error::{check_len, KernelError};
 use crate::simd::{self, Arch, Isa, Kernel, Real};
 use rayon::prelude::*;
 
-/// Below this many (batch, head) pairs, heads are split into channel blocks.
-const MIN_HEAD_TASKS: usize = 8;
-/// Channels per block when heads are split.
-const SPLIT_WIDTH: usize = 32;
+/// Rows of a chunk one output task computes.
+const ROW_BLOCK: usize = 16;
+/// Channels (heads x headdim) whose states one update task advances.
+const BLOCK_COLUMNS: usize = 256;
 /// Channels of one head the sequential kernel updates side by side.
 const SEQ_BLOCK: usize = 32;
 /// Time steps per task of the final gating pass of the sequential kernel.
@@ -174,21 +180,22 @@ pub fn ssd_scan<T: Real>(
     let time = prepare_dt(isa, &dims, &inputs);
     let plan = ChunkPlan::new(&dims);
     let group = group_terms(isa, &dims, &inputs, &plan);
-    let width = channel_block(&dims);
-    // y per (batch, head, channel block) as (L, width), then scattered with the gate.
-    let mut y = vec![T::ZERO; out.len()];
+    let blocks = head_blocks(&dims);
+    let mut states = StatePair::new(&dims, &blocks, inputs.initial_states);
     let shared = ChunkedShared {
         dims,
         inputs,
         plan,
         time: &time,
         group: &group,
+        blocks: &blocks,
         isa,
     };
-    head_tasks(&dims, width, &mut y, final_states)
-        .into_par_iter()
-        .for_each(|task| shared.scan_head(task));
-    finish(isa, &dims, &inputs, width, &y, out);
+    for chunk in 0..plan.count {
+        shared.step(chunk, &mut states, out);
+        std::mem::swap(&mut states.current, &mut states.next);
+    }
+    states.write_final(&dims, &blocks, final_states);
     Ok(())
 }
 
@@ -460,232 +467,388 @@ fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dest: &mut [T]) {
     }
 }
 
-/// Channels per task: all of a head's, unless batch * heads is too small to keep the threads
-/// busy, then blocks of [`SPLIT_WIDTH`]. It depends on the sizes only, never on the thread count.
-fn channel_block(dims: &SsdDims) -> usize {
-    if dims.batch * dims.heads < MIN_HEAD_TASKS {
-        SPLIT_WIDTH.min(dims.headdim)
-    } else {
-        dims.headdim
-    }
+/// Heads whose states one update task advances: at most [`BLOCK_COLUMNS`] channels' worth
+/// (at least one head), never across a group. Fixed by the sizes, not by the thread count.
+#[derive(Clone, Copy, Debug)]
+struct HeadBlock {
+    first: usize,
+    count: usize,
+    group: usize,
 }
 
-/// One (batch, head, channel block): its part of y and of the final state.
-struct HeadTask<'o, T> {
-    bh: usize,
-    /// First channel of the block.
-    j0: usize,
-    /// `(L, width)`.
-    y: &'o mut [T],
-    /// Rows `j0..j0 + width` of this head's final state: `(width, dstate)`.
-    last: &'o mut [T],
-}
-
-/// Splits y (laid out as in [`finish`]) and `final_states` into one task per (batch, head,
-/// channel block).
-fn head_tasks<'o, T>(
-    dims: &SsdDims,
-    width: usize,
-    y: &'o mut [T],
-    final_states: &'o mut [T],
-) -> Vec<HeadTask<'o, T>> {
-    let (len, p, n) = (dims.len, dims.headdim, dims.dstate);
-    let mut tasks = Vec::new();
-    let (mut y_rest, mut state_rest) = (y, final_states);
-    for bh in 0..dims.batch * dims.heads {
-        for j0 in (0..p).step_by(width) {
-            let w = width.min(p - j0);
-            let (y, tail) = std::mem::take(&mut y_rest).split_at_mut(len * w);
-            y_rest = tail;
-            let (last, tail) = std::mem::take(&mut state_rest).split_at_mut(w * n);
-            state_rest = tail;
-            tasks.push(HeadTask { bh, j0, y, last });
+fn head_blocks(dims: &SsdDims) -> Vec<HeadBlock> {
+    let per_group = dims.heads / dims.groups;
+    let per_block = (BLOCK_COLUMNS / dims.headdim.max(1)).clamp(1, per_group);
+    let mut blocks = Vec::new();
+    for group in 0..dims.groups {
+        let end = (group + 1) * per_group;
+        let mut first = group * per_group;
+        while first < end {
+            let count = per_block.min(end - first);
+            blocks.push(HeadBlock {
+                first,
+                count,
+                group,
+            });
+            first += count;
         }
     }
-    tasks
+    blocks
 }
 
-/// What every head task reads.
+/// The states entering the current chunk and the next one. For each batch row and head block
+/// the block's heads sit side by side: `S^T` as `(dstate, heads in block * headdim)`, so that
+/// an update task owns one contiguous slab and reads x rows of all its heads at once.
+struct StatePair<T> {
+    current: Vec<T>,
+    next: Vec<T>,
+}
+
+impl<T: Real> StatePair<T> {
+    fn new(dims: &SsdDims, blocks: &[HeadBlock], initial: Option<&[T]>) -> Self {
+        let (n, p) = (dims.dstate, dims.headdim);
+        let size = dims.batch * dims.heads * n * p;
+        let mut current = vec![T::ZERO; size];
+        if let Some(h0) = initial {
+            for (b, row) in current.chunks_exact_mut(dims.heads * n * p).enumerate() {
+                for (slab, block) in block_slabs(row, blocks, n * p) {
+                    let w = block.count * p;
+                    for hl in 0..block.count {
+                        let h = block.first + hl;
+                        let source = &h0[(b * dims.heads + h) * p * n..][..p * n];
+                        for (j, state_row) in source.chunks_exact(n).enumerate() {
+                            for (k, &v) in state_row.iter().enumerate() {
+                                slab[k * w + hl * p + j] = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let next = vec![T::ZERO; size];
+        StatePair { current, next }
+    }
+
+    /// Copies the current states to `final_states` `(batch, heads, headdim, dstate)`.
+    fn write_final(&self, dims: &SsdDims, blocks: &[HeadBlock], final_states: &mut [T]) {
+        let (n, p) = (dims.dstate, dims.headdim);
+        let rows = self.current.chunks_exact(dims.heads * n * p);
+        for (b, row) in rows.enumerate() {
+            let mut offset = 0;
+            for block in blocks {
+                let w = block.count * p;
+                let slab = &row[offset..offset + n * w];
+                offset += n * w;
+                for hl in 0..block.count {
+                    let h = block.first + hl;
+                    let dest = &mut final_states[(b * dims.heads + h) * p * n..][..p * n];
+                    for (j, state_row) in dest.chunks_exact_mut(n).enumerate() {
+                        for (k, v) in state_row.iter_mut().enumerate() {
+                            *v = slab[k * w + hl * p + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits the states of one batch row into the slabs of `blocks`.
+fn block_slabs<'s, T>(
+    row: &'s mut [T],
+    blocks: &[HeadBlock],
+    per_head: usize,
+) -> Vec<(&'s mut [T], HeadBlock)> {
+    let mut slabs = Vec::with_capacity(blocks.len());
+    let mut rest = row;
+    for &block in blocks {
+        let (slab, tail) = std::mem::take(&mut rest).split_at_mut(block.count * per_head);
+        rest = tail;
+        slabs.push((slab, block));
+    }
+    slabs
+}
+
+/// The work of one chunk: output rows, and state updates, which run side by side.
+enum ChunkTask<'o, T> {
+    /// Rows `r0..r1` of the chunk for batch row `batch`: `out[batch, t0 + r0 .. t0 + r1]`.
+    Rows {
+        batch: usize,
+        r0: usize,
+        r1: usize,
+        out: &'o mut [T],
+    },
+    /// The next state of one head block of batch row `batch`.
+    Update {
+        batch: usize,
+        block: HeadBlock,
+        /// The block's slab of the next states.
+        next: &'o mut [T],
+    },
+}
+
+/// What every task of the chunked kernel reads.
 struct ChunkedShared<'a, T> {
     dims: SsdDims,
     inputs: SsdInputs<'a, T>,
     plan: ChunkPlan,
     time: &'a TimeTerms<T>,
     group: &'a GroupTerms<T>,
+    blocks: &'a [HeadBlock],
     isa: Isa,
 }
 
 impl<T: Real> ChunkedShared<'_, T> {
-    /// Runs the chunks of one task in order, carrying the state `S^T` (dstate x width).
-    fn scan_head(&self, task: HeadTask<'_, T>) {
-        let (n, p, len) = (self.dims.dstate, self.dims.headdim, self.dims.len);
-        let w = task.last.len() / n;
-        let mut state = vec![T::ZERO; n * w];
-        if let Some(h0) = self.inputs.initial_states {
-            let rows = &h0[(task.bh * p + task.j0) * n..][..w * n];
-            transpose(rows, w, n, &mut state);
+    /// Runs chunk `chunk`: its outputs (from `states.current`) and `states.next`, in parallel.
+    fn step(&self, chunk: usize, states: &mut StatePair<T>, out: &mut [T]) {
+        let dims = &self.dims;
+        let (t0, rows) = self.plan.span(chunk, dims.len);
+        let (n, p, row) = (dims.dstate, dims.headdim, dims.heads * dims.headdim);
+        let mut tasks = Vec::new();
+        let batch_states = states.next.chunks_exact_mut(dims.heads * n * p);
+        for (batch, (out_b, next_b)) in out
+            .chunks_exact_mut(dims.len * row)
+            .zip(batch_states)
+            .enumerate()
+        {
+            let mut rest = &mut out_b[t0 * row..(t0 + rows) * row];
+            for r0 in (0..rows).step_by(ROW_BLOCK) {
+                let r1 = rows.min(r0 + ROW_BLOCK);
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut((r1 - r0) * row);
+                rest = tail;
+                tasks.push(ChunkTask::Rows {
+                    batch,
+                    r0,
+                    r1,
+                    out: mine,
+                });
+            }
+            for (next, block) in block_slabs(next_b, self.blocks, n * p) {
+                tasks.push(ChunkTask::Update { batch, block, next });
+            }
         }
-        let q = self.plan.q;
-        let mut decay = vec![T::ZERO; q * q];
-        let mut scale = vec![T::ZERO; q];
-        for chunk in 0..self.plan.count {
-            let (t0, rows) = self.plan.span(chunk, len);
-            let y = &mut task.y[t0 * w..(t0 + rows) * w];
-            let carried = chunk > 0 || self.inputs.initial_states.is_some();
-            let step = ChunkStep {
-                bh: task.bh,
-                j0: task.j0,
-                w,
-                chunk,
-                t0,
-                rows,
-            };
-            self.chunk_output(
-                &step,
-                &mut decay,
-                &mut scale,
-                carried.then_some(&state[..]),
-                y,
-            );
-            self.update_state(&step, &mut scale, &mut state);
-        }
-        transpose(&state, n, w, task.last);
+        let current = &states.current;
+        tasks.into_par_iter().for_each(|task| match task {
+            ChunkTask::Rows { batch, r0, r1, out } => {
+                self.output_rows(chunk, batch, (r0, r1), current, out)
+            }
+            ChunkTask::Update { batch, block, next } => {
+                self.update_block(chunk, batch, block, current, next)
+            }
+        });
     }
 
-    /// `Y = M X + diag(exp(cs)) C S_in` for the chunk's rows, with
-    /// `M[i][j] = (C_i . B_j) exp(cs_i - cs_j) dt'_j` for `j <= i`.
-    fn chunk_output(
+    /// Offset of batch row `b`'s slab of head block `index` in a state buffer.
+    fn slab_offset(&self, b: usize, index: usize) -> usize {
+        let (n, p) = (self.dims.dstate, self.dims.headdim);
+        let before: usize = self.blocks[..index].iter().map(|blk| blk.count).sum();
+        (b * self.dims.heads + before) * n * p
+    }
+
+    /// Rows `r0..r1` of chunk `chunk`: for every head `Y = M X` (the intra-chunk product, with
+    /// `M[i][j] = (C_i . B_j) exp(cs_i - cs_j) dt'_j` for `j <= i`), then for every head block
+    /// `Y += exp(cs_i) C_i S_in` over all its heads at once, then D and the gate.
+    fn output_rows(
         &self,
-        step: &ChunkStep,
-        decay: &mut [T],
-        scale: &mut [T],
-        state: Option<&[T]>,
-        y: &mut [T],
+        chunk: usize,
+        b: usize,
+        (r0, r1): (usize, usize),
+        states: &[T],
+        out: &mut [T],
     ) {
         let dims = &self.dims;
-        let (b, h) = (step.bh / dims.heads, step.bh % dims.heads);
-        let g = h / (dims.heads / dims.groups);
-        let (q, rows) = (self.plan.q, step.rows);
-        let dt = &self.time.dt[step.bh * dims.len + step.t0..][..rows];
-        let cs = &self.time.cumsum[step.bh * dims.len + step.t0..][..rows];
-        let slot = (b * dims.groups + g) * self.plan.count + step.chunk;
-        let m_t = &mut decay[..rows * rows];
-        simd::dispatch_on(
-            self.isa,
-            DecayJob {
+        let (n, p, q, len) = (dims.dstate, dims.headdim, self.plan.q, dims.len);
+        let (t0, chunk_rows) = self.plan.span(chunk, len);
+        let rows = r1 - r0;
+        let ld_out = dims.heads * p;
+        let mut m_t = vec![T::ZERO; r1 * rows];
+        for h in 0..dims.heads {
+            let g = h / (dims.heads / dims.groups);
+            let bh = b * dims.heads + h;
+            let slot = (b * dims.groups + g) * self.plan.count + chunk;
+            let dt = &self.time.dt[bh * len + t0..][..r1];
+            let cs = &self.time.cumsum[bh * len + t0..][..r1];
+            let decay = DecayJob {
                 bc: &self.group.bc[slot * q * q..],
                 ld_bc: q,
                 dt,
                 cs,
-                m_t,
-            },
-        );
-        let x = &self.inputs.x[x_offset(dims, b, step.t0, h) + step.j0..];
-        let intra = Product {
-            m: rows,
-            n: step.w,
-            k: rows,
-            a: Strided {
-                data: m_t,
-                offset: 0,
-                row_stride: 1,
-                col_stride: rows,
-            },
-            a_col_scale: None,
-            b: x,
-            ldb: dims.heads * dims.headdim,
-            depth: Depth::Causal { offset: 0 },
-            columns: Columns::All,
-        };
-        matmul(self.isa, intra, y, step.w, Store::Overwrite);
-        if let Some(state) = state {
-            for (s, &c) in scale.iter_mut().zip(cs) {
-                *s = c.exp();
-            }
-            let state_out = Product {
+                r0,
+                m_t: &mut m_t,
+            };
+            simd::dispatch_on(self.isa, decay);
+            let intra = Product {
                 m: rows,
-                n: step.w,
-                k: dims.dstate,
+                n: p,
+                k: r1,
                 a: Strided {
-                    data: &self.group.c_t,
-                    offset: slot * dims.dstate * q,
+                    data: &m_t,
+                    offset: 0,
                     row_stride: 1,
                     col_stride: rows,
                 },
                 a_col_scale: None,
-                b: state,
-                ldb: step.w,
-                depth: Depth::Full,
+                b: &self.inputs.x[x_offset(dims, b, t0, h)..],
+                ldb: ld_out,
+                depth: Depth::Causal { offset: r0 },
                 columns: Columns::All,
             };
-            matmul(
-                self.isa,
-                state_out,
-                y,
-                step.w,
-                Store::AddRowScaled(&scale[..rows]),
-            );
+            matmul(self.isa, intra, &mut out[h * p..], ld_out, Store::Overwrite);
         }
+        if chunk > 0 || self.inputs.initial_states.is_some() {
+            // scale[i][h] = exp(cs_i) of head h
+            let mut scale = vec![T::ZERO; rows * dims.heads];
+            for h in 0..dims.heads {
+                let cs = &self.time.cumsum[(b * dims.heads + h) * len + t0..];
+                for (i, s) in scale.iter_mut().skip(h).step_by(dims.heads).enumerate() {
+                    *s = cs[r0 + i].exp();
+                }
+            }
+            for (index, block) in self.blocks.iter().enumerate() {
+                let slot = (b * dims.groups + block.group) * self.plan.count + chunk;
+                let w = block.count * p;
+                let offset = self.slab_offset(b, index);
+                let state_out = Product {
+                    m: rows,
+                    n: w,
+                    k: n,
+                    a: Strided {
+                        data: &self.group.c_t,
+                        offset: slot * n * q + r0,
+                        row_stride: 1,
+                        col_stride: chunk_rows,
+                    },
+                    a_col_scale: None,
+                    b: &states[offset..offset + n * w],
+                    ldb: w,
+                    depth: Depth::Full,
+                    columns: Columns::All,
+                };
+                let store = Store::AddGridScaled {
+                    scale: &scale[block.first..],
+                    ld: dims.heads,
+                    block: p,
+                };
+                matmul(
+                    self.isa,
+                    state_out,
+                    &mut out[block.first * p..],
+                    ld_out,
+                    store,
+                );
+            }
+        }
+        let finish = FinishJob {
+            dims: *dims,
+            inputs: self.inputs,
+            first_row: b * len + t0 + r0,
+            out,
+        };
+        simd::dispatch_on(self.isa, finish);
     }
 
-    /// `S^T = exp(cs_last) S^T + B^T diag(exp(cs_last - cs_l) dt'_l) X` over the chunk.
-    fn update_state(&self, step: &ChunkStep, weight: &mut [T], state: &mut [T]) {
+    /// `S_next^T = exp(cs_last) S^T + B^T (w x)` for the heads of `block`, all at once:
+    /// `w_l = exp(cs_last - cs_l) dt'_l` per head, x rows of the block's heads side by side.
+    fn update_block(&self, chunk: usize, b: usize, block: HeadBlock, states: &[T], next: &mut [T]) {
         let dims = &self.dims;
-        let (b, h) = (step.bh / dims.heads, step.bh % dims.heads);
-        let g = h / (dims.heads / dims.groups);
-        let rows = step.rows;
-        let dt = &self.time.dt[step.bh * dims.len + step.t0..][..rows];
-        let cs = &self.time.cumsum[step.bh * dims.len + step.t0..][..rows];
-        let last = cs[rows - 1];
-        for ((wt, &c), &d) in weight.iter_mut().zip(cs).zip(dt) {
-            *wt = (last - c).exp() * d;
-        }
-        let b_rows = bc_rows(self.inputs.b, dims, b, step.t0, g);
+        let (p, len) = (dims.headdim, dims.len);
+        let (t0, rows) = self.plan.span(chunk, len);
+        let w = block.count * p;
+        let index = self
+            .blocks
+            .iter()
+            .position(|blk| blk.first == block.first)
+            .unwrap_or(0);
+        let offset = self.slab_offset(b, index);
+        let mut x_w = vec![T::ZERO; rows * w];
+        let mut decay = vec![T::ZERO; w];
+        let pack = WeightedRows {
+            dims: *dims,
+            x: self.inputs.x,
+            time: self.time,
+            b,
+            t0,
+            block,
+            x_w: &mut x_w,
+            decay: &mut decay,
+        };
+        simd::dispatch_on(self.isa, pack);
+        let b_rows = bc_rows(self.inputs.b, dims, b, t0, block.group);
         let product = Product {
             m: dims.dstate,
-            n: step.w,
+            n: w,
             k: rows,
             a: Strided {
                 row_stride: b_rows.col_stride,
                 col_stride: b_rows.row_stride,
                 ..b_rows
             },
-            a_col_scale: Some(&weight[..rows]),
-            b: &self.inputs.x[x_offset(dims, b, step.t0, h) + step.j0..],
-            ldb: dims.heads * dims.headdim,
+            a_col_scale: None,
+            b: &x_w,
+            ldb: w,
             depth: Depth::Full,
             columns: Columns::All,
         };
-        matmul(
-            self.isa,
-            product,
-            state,
-            step.w,
-            Store::ScaleAdd(last.exp()),
-        );
+        let store = Store::ScaleColumnsAddFrom {
+            scale: &decay,
+            previous: &states[offset..offset + next.len()],
+        };
+        matmul(self.isa, product, next, w, store);
     }
 }
 
-/// Where one chunk of one task lies.
-struct ChunkStep {
-    bh: usize,
-    j0: usize,
-    w: usize,
-    chunk: usize,
+/// The right operand of a state update: for the heads of `block` side by side,
+/// `x_w[l][hl * p + j] = exp(cs_last - cs_l) dt'_l x[t0 + l, head, j]`, and the state decay
+/// `decay[hl * p + j] = exp(cs_last)` of each head.
+struct WeightedRows<'a, 'o, T> {
+    dims: SsdDims,
+    x: &'a [T],
+    time: &'a TimeTerms<T>,
+    b: usize,
     t0: usize,
-    rows: usize,
+    block: HeadBlock,
+    x_w: &'o mut [T],
+    decay: &'o mut [T],
 }
 
-/// The masked decay matrix of one chunk and head, transposed:
-/// `M^T[j][i] = (B_j . C_i) exp(cs_i - cs_j) dt'_j` for `i >= j`, 0 below the diagonal.
+impl<T: Real> Kernel for WeightedRows<'_, '_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<A: Arch>(self) {
+        let dims = &self.dims;
+        let (p, len) = (dims.headdim, dims.len);
+        let w = self.block.count * p;
+        let rows = self.x_w.len() / w;
+        for hl in 0..self.block.count {
+            let h = self.block.first + hl;
+            let bh = self.b * dims.heads + h;
+            let dt = &self.time.dt[bh * len + self.t0..][..rows];
+            let cs = &self.time.cumsum[bh * len + self.t0..][..rows];
+            let last = cs[rows - 1];
+            self.decay[hl * p..(hl + 1) * p].fill(last.exp());
+            for (l, x_row) in self.x_w.chunks_exact_mut(w).enumerate() {
+                let weight = (last - cs[l]).exp() * dt[l];
+                let x = &self.x[x_offset(dims, self.b, self.t0 + l, h)..][..p];
+                for (v, &xv) in x_row[hl * p..(hl + 1) * p].iter_mut().zip(x) {
+                    *v = weight * xv;
+                }
+            }
+        }
+    }
+}
+
+/// Rows `r0..r1` of the masked decay matrix of one chunk and head, transposed:
+/// `M^T[j][i - r0] = (B_j . C_i) exp(cs_i - cs_j) dt'_j` for `i >= j`, 0 below the diagonal.
 struct DecayJob<'a, 'o, T> {
     /// Rows of `B C^T`, `ld_bc` apart.
     bc: &'a [T],
     ld_bc: usize,
-    /// dt' and cumsum of the chunk's steps.
+    /// dt' and cumsum of the chunk's first r1 steps.
     dt: &'a [T],
     cs: &'a [T],
-    /// `(rows, rows)`.
+    r0: usize,
+    /// `(r1, r1 - r0)`.
     m_t: &'o mut [T],
 }
 
@@ -694,13 +857,16 @@ impl<T: Real> Kernel for DecayJob<'_, '_, T> {
 
     #[inline(always)]
     fn run<A: Arch>(self) {
-        let rows = self.cs.len();
+        let r1 = self.cs.len();
+        let rows = r1 - self.r0;
         for (j, row) in self.m_t.chunks_exact_mut(rows).enumerate() {
             let (cs_j, dt_j) = (self.cs[j], self.dt[j]);
-            let bc_row = &self.bc[j * self.ld_bc..][j..rows];
-            let (lower, upper) = row.split_at_mut(j);
-            lower.fill(T::ZERO);
-            for ((m, &bc), &cs_i) in upper.iter_mut().zip(bc_row).zip(&self.cs[j..]) {
+            // Columns i = r0 + ii with i >= j are in the lower triangle of M.
+            let first = j.max(self.r0);
+            let bc_row = &self.bc[j * self.ld_bc..][first..r1];
+            let (zeros, lower) = row.split_at_mut(first - self.r0);
+            zeros.fill(T::ZERO);
+            for ((m, &bc), &cs_i) in lower.iter_mut().zip(bc_row).zip(&self.cs[first..]) {
                 *m = bc * (cs_i - cs_j).exp() * dt_j;
             }
         }
