@@ -23,15 +23,12 @@
 //! ```
 //!
 //! `C B^T` and `C^T` are computed once per group and chunk (in parallel) and shared by the
-//! group's heads. The chunks are then walked in order; for each, two kinds of task run side by
-//! side, reading the states entering the chunk and writing those entering the next (two
-//! buffers, swapped after every chunk):
-//! - output tasks own a block of the chunk's rows of `out` (contiguous): per head the
-//!   intra-chunk product, then per block of heads the state-to-output product over all their
-//!   channels at once (C rows are shared, the scale `exp(cs_i)` differs per head), then D and
-//!   the gate;
-//! - update tasks own a block of heads and compute `S_next = exp(cs_last) S + B^T (w x)` with
-//!   the x rows of all the block's heads side by side.
+//! group's heads. Then one task per (batch row, block of heads) walks the chunks in order with
+//! the block's state `S^T` (dstate x channels of the block) in cache: per head the intra-chunk
+//! product, then for all the block's channels at once the state-to-output product and the
+//! update `S = exp(cs_last) S + B^T (w x)`; the chunk's rows are gated and written to the
+//! block's columns of `out`. When batch * heads is small, heads are split into channel ranges
+//! to give the threads work (output channels are independent, so this changes no bit).
 //!
 //! The task split depends on the sizes only and every task computes in a fixed order, so the
 //! result does not depend on the thread count. It depends on the chunk size only through
@@ -46,10 +43,12 @@ use crate::error::{check_len, KernelError};
 use crate::simd::{self, Arch, Isa, Kernel, Real};
 use rayon::prelude::*;
 
-/// Rows of a chunk one output task computes.
-const ROW_BLOCK: usize = 16;
-/// Channels (heads x headdim) whose states one update task advances.
+/// Channels (heads x headdim) of one task.
 const BLOCK_COLUMNS: usize = 256;
+/// Below this many (batch, head) pairs, heads are split into channel ranges...
+const MIN_TASKS: usize = 8;
+/// ...of this many channels.
+const SPLIT_WIDTH: usize = 32;
 /// Channels of one head the sequential kernel updates side by side.
 const SEQ_BLOCK: usize = 32;
 /// Time steps per task of the final gating pass of the sequential kernel.
@@ -181,21 +180,17 @@ pub fn ssd_scan<T: Real>(
     let plan = ChunkPlan::new(&dims);
     let group = group_terms(isa, &dims, &inputs, &plan);
     let blocks = head_blocks(&dims);
-    let mut states = StatePair::new(&dims, &blocks, inputs.initial_states);
     let shared = ChunkedShared {
         dims,
         inputs,
         plan,
         time: &time,
         group: &group,
-        blocks: &blocks,
         isa,
     };
-    for chunk in 0..plan.count {
-        shared.step(chunk, &mut states, out);
-        std::mem::swap(&mut states.current, &mut states.next);
-    }
-    states.write_final(&dims, &blocks, final_states);
+    block_tasks(&dims, &blocks, out, final_states)
+        .into_par_iter()
+        .for_each(|task| shared.scan_block(task));
     Ok(())
 }
 
@@ -467,19 +462,47 @@ fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dest: &mut [T]) {
     }
 }
 
-/// Heads whose states one update task advances: at most [`BLOCK_COLUMNS`] channels' worth
-/// (at least one head), never across a group. Fixed by the sizes, not by the thread count.
+/// Channels whose state one task carries through all chunks: `count` whole heads from `first`
+/// (`j0 = 0`, `width = headdim`), or channels `j0..j0 + width` of one head. Never across a
+/// group. Fixed by the sizes, never by the thread count.
 #[derive(Clone, Copy, Debug)]
 struct HeadBlock {
     first: usize,
     count: usize,
     group: usize,
+    j0: usize,
+    width: usize,
 }
 
+impl HeadBlock {
+    /// Channels of the block: its columns of a `(heads * headdim)` row of out.
+    fn columns(&self) -> usize {
+        self.count * self.width
+    }
+}
+
+/// Blocks of up to [`BLOCK_COLUMNS`] channels of whole heads; when batch * heads is too small
+/// to keep the threads busy, every head is split into channel ranges of [`SPLIT_WIDTH`]. Output
+/// channels are independent, so the split changes no bit of the result.
 fn head_blocks(dims: &SsdDims) -> Vec<HeadBlock> {
+    let p = dims.headdim;
     let per_group = dims.heads / dims.groups;
-    let per_block = (BLOCK_COLUMNS / dims.headdim.max(1)).clamp(1, per_group);
     let mut blocks = Vec::new();
+    if dims.batch * dims.heads < MIN_TASKS {
+        for h in 0..dims.heads {
+            for j0 in (0..p).step_by(SPLIT_WIDTH) {
+                blocks.push(HeadBlock {
+                    first: h,
+                    count: 1,
+                    group: h / per_group,
+                    j0,
+                    width: SPLIT_WIDTH.min(p - j0),
+                });
+            }
+        }
+        return blocks;
+    }
+    let per_block = (BLOCK_COLUMNS / p.max(1)).clamp(1, per_group);
     for group in 0..dims.groups {
         let end = (group + 1) * per_group;
         let mut first = group * per_group;
@@ -489,6 +512,8 @@ fn head_blocks(dims: &SsdDims) -> Vec<HeadBlock> {
                 first,
                 count,
                 group,
+                j0: 0,
+                width: p,
             });
             first += count;
         }
@@ -496,95 +521,50 @@ fn head_blocks(dims: &SsdDims) -> Vec<HeadBlock> {
     blocks
 }
 
-/// The states entering the current chunk and the next one. For each batch row and head block
-/// the block's heads sit side by side: `S^T` as `(dstate, heads in block * headdim)`, so that
-/// an update task owns one contiguous slab and reads x rows of all its heads at once.
-struct StatePair<T> {
-    current: Vec<T>,
-    next: Vec<T>,
+/// One (batch row, block): its columns of every time row of out, and its rows of the final
+/// state.
+struct BlockTask<'o, T> {
+    batch: usize,
+    block: HeadBlock,
+    /// `rows[t]`: the block's `columns()` channels of `out[batch, t]`.
+    rows: Vec<&'o mut [T]>,
+    /// `final_states[batch]` rows of the block: `(columns(), dstate)`.
+    last: &'o mut [T],
 }
 
-impl<T: Real> StatePair<T> {
-    fn new(dims: &SsdDims, blocks: &[HeadBlock], initial: Option<&[T]>) -> Self {
-        let (n, p) = (dims.dstate, dims.headdim);
-        let size = dims.batch * dims.heads * n * p;
-        let mut current = vec![T::ZERO; size];
-        if let Some(h0) = initial {
-            for (b, row) in current.chunks_exact_mut(dims.heads * n * p).enumerate() {
-                for (slab, block) in block_slabs(row, blocks, n * p) {
-                    let w = block.count * p;
-                    for hl in 0..block.count {
-                        let h = block.first + hl;
-                        let source = &h0[(b * dims.heads + h) * p * n..][..p * n];
-                        for (j, state_row) in source.chunks_exact(n).enumerate() {
-                            for (k, &v) in state_row.iter().enumerate() {
-                                slab[k * w + hl * p + j] = v;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let next = vec![T::ZERO; size];
-        StatePair { current, next }
-    }
-
-    /// Copies the current states to `final_states` `(batch, heads, headdim, dstate)`.
-    fn write_final(&self, dims: &SsdDims, blocks: &[HeadBlock], final_states: &mut [T]) {
-        let (n, p) = (dims.dstate, dims.headdim);
-        let rows = self.current.chunks_exact(dims.heads * n * p);
-        for (b, row) in rows.enumerate() {
-            let mut offset = 0;
-            for block in blocks {
-                let w = block.count * p;
-                let slab = &row[offset..offset + n * w];
-                offset += n * w;
-                for hl in 0..block.count {
-                    let h = block.first + hl;
-                    let dest = &mut final_states[(b * dims.heads + h) * p * n..][..p * n];
-                    for (j, state_row) in dest.chunks_exact_mut(n).enumerate() {
-                        for (k, v) in state_row.iter_mut().enumerate() {
-                            *v = slab[k * w + hl * p + j];
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Splits the states of one batch row into the slabs of `blocks`.
-fn block_slabs<'s, T>(
-    row: &'s mut [T],
+/// Splits `out` and `final_states` into the disjoint parts of every (batch, block) task.
+fn block_tasks<'o, T>(
+    dims: &SsdDims,
     blocks: &[HeadBlock],
-    per_head: usize,
-) -> Vec<(&'s mut [T], HeadBlock)> {
-    let mut slabs = Vec::with_capacity(blocks.len());
-    let mut rest = row;
-    for &block in blocks {
-        let (slab, tail) = std::mem::take(&mut rest).split_at_mut(block.count * per_head);
-        rest = tail;
-        slabs.push((slab, block));
+    out: &'o mut [T],
+    final_states: &'o mut [T],
+) -> Vec<BlockTask<'o, T>> {
+    let (n, row) = (dims.dstate, dims.heads * dims.headdim);
+    let mut tasks = Vec::with_capacity(dims.batch * blocks.len());
+    let mut states_rest = final_states;
+    for batch in 0..dims.batch {
+        for &block in blocks {
+            let (last, tail) = std::mem::take(&mut states_rest).split_at_mut(block.columns() * n);
+            states_rest = tail;
+            let rows = Vec::with_capacity(dims.len);
+            tasks.push(BlockTask {
+                batch,
+                block,
+                rows,
+                last,
+            });
+        }
     }
-    slabs
-}
-
-/// The work of one chunk: output rows, and state updates, which run side by side.
-enum ChunkTask<'o, T> {
-    /// Rows `r0..r1` of the chunk for batch row `batch`: `out[batch, t0 + r0 .. t0 + r1]`.
-    Rows {
-        batch: usize,
-        r0: usize,
-        r1: usize,
-        out: &'o mut [T],
-    },
-    /// The next state of one head block of batch row `batch`.
-    Update {
-        batch: usize,
-        block: HeadBlock,
-        /// The block's slab of the next states.
-        next: &'o mut [T],
-    },
+    for (r, out_row) in out.chunks_exact_mut(row).enumerate() {
+        let first_task = (r / dims.len) * blocks.len();
+        let mut rest = out_row;
+        for (task, block) in tasks[first_task..].iter_mut().zip(blocks) {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(block.columns());
+            rest = tail;
+            task.rows.push(mine);
+        }
+    }
+    tasks
 }
 
 /// What every task of the chunked kernel reads.
@@ -594,219 +574,223 @@ struct ChunkedShared<'a, T> {
     plan: ChunkPlan,
     time: &'a TimeTerms<T>,
     group: &'a GroupTerms<T>,
-    blocks: &'a [HeadBlock],
     isa: Isa,
 }
 
+/// Per-task buffers, sized for a whole chunk.
+struct Scratch<T> {
+    /// The chunk's outputs, `(rows, columns)`.
+    y: Vec<T>,
+    /// `M^T` of one head, `(rows, rows)`.
+    m_t: Vec<T>,
+    /// The weighted x rows of a state update, `(rows, columns)`.
+    x_w: Vec<T>,
+    /// The state decay per column.
+    decay: Vec<T>,
+    /// `exp(cs)` per (row, head of the block).
+    scale: Vec<T>,
+}
+
 impl<T: Real> ChunkedShared<'_, T> {
-    /// Runs chunk `chunk`: its outputs (from `states.current`) and `states.next`, in parallel.
-    fn step(&self, chunk: usize, states: &mut StatePair<T>, out: &mut [T]) {
+    /// Runs every chunk of one task in order, carrying its state `S^T` `(dstate, columns)`.
+    fn scan_block(&self, mut task: BlockTask<'_, T>) {
         let dims = &self.dims;
-        let (t0, rows) = self.plan.span(chunk, dims.len);
-        let (n, p, row) = (dims.dstate, dims.headdim, dims.heads * dims.headdim);
-        let mut tasks = Vec::new();
-        let batch_states = states.next.chunks_exact_mut(dims.heads * n * p);
-        for (batch, (out_b, next_b)) in out
-            .chunks_exact_mut(dims.len * row)
-            .zip(batch_states)
-            .enumerate()
-        {
-            let mut rest = &mut out_b[t0 * row..(t0 + rows) * row];
-            for r0 in (0..rows).step_by(ROW_BLOCK) {
-                let r1 = rows.min(r0 + ROW_BLOCK);
-                let (mine, tail) = std::mem::take(&mut rest).split_at_mut((r1 - r0) * row);
-                rest = tail;
-                tasks.push(ChunkTask::Rows {
-                    batch,
-                    r0,
-                    r1,
-                    out: mine,
-                });
-            }
-            for (next, block) in block_slabs(next_b, self.blocks, n * p) {
-                tasks.push(ChunkTask::Update { batch, block, next });
+        let (n, p, q) = (dims.dstate, dims.headdim, self.plan.q);
+        let block = task.block;
+        let cols = block.columns();
+        let mut state = vec![T::ZERO; n * cols];
+        let carried = self.inputs.initial_states.is_some();
+        if let Some(h0) = self.inputs.initial_states {
+            for hl in 0..block.count {
+                let head = (task.batch * dims.heads + block.first + hl) * p + block.j0;
+                let rows = &h0[head * n..(head + block.width) * n];
+                for (j, source) in rows.chunks_exact(n).enumerate() {
+                    for (k, &v) in source.iter().enumerate() {
+                        state[k * cols + hl * block.width + j] = v;
+                    }
+                }
             }
         }
-        let current = &states.current;
-        tasks.into_par_iter().for_each(|task| match task {
-            ChunkTask::Rows { batch, r0, r1, out } => {
-                self.output_rows(chunk, batch, (r0, r1), current, out)
+        let mut scratch = Scratch {
+            y: vec![T::ZERO; q * cols],
+            m_t: vec![T::ZERO; q * q],
+            x_w: vec![T::ZERO; q * cols],
+            decay: vec![T::ZERO; cols],
+            scale: vec![T::ZERO; q * block.count],
+        };
+        for chunk in 0..self.plan.count {
+            let (t0, rows) = self.plan.span(chunk, dims.len);
+            let at = At {
+                batch: task.batch,
+                block,
+                chunk,
+                t0,
+                rows,
+            };
+            self.intra_chunk(&at, &mut scratch);
+            if chunk > 0 || carried {
+                self.state_output(&at, &state, &mut scratch);
             }
-            ChunkTask::Update { batch, block, next } => {
-                self.update_block(chunk, batch, block, current, next)
+            self.update_state(&at, &mut scratch, &mut state);
+            let finish = FinishSegments {
+                dims: *dims,
+                inputs: self.inputs,
+                at,
+                y: &scratch.y[..rows * cols],
+                rows: &mut task.rows[t0..t0 + rows],
+            };
+            simd::dispatch_on(self.isa, finish);
+        }
+        // (dstate, columns) -> (columns, dstate)
+        for (k, state_row) in state.chunks_exact(cols).enumerate() {
+            for (c, &v) in state_row.iter().enumerate() {
+                task.last[c * n + k] = v;
             }
-        });
+        }
     }
 
-    /// Offset of batch row `b`'s slab of head block `index` in a state buffer.
-    fn slab_offset(&self, b: usize, index: usize) -> usize {
-        let (n, p) = (self.dims.dstate, self.dims.headdim);
-        let before: usize = self.blocks[..index].iter().map(|blk| blk.count).sum();
-        (b * self.dims.heads + before) * n * p
-    }
-
-    /// Rows `r0..r1` of chunk `chunk`: for every head `Y = M X` (the intra-chunk product, with
-    /// `M[i][j] = (C_i . B_j) exp(cs_i - cs_j) dt'_j` for `j <= i`), then for every head block
-    /// `Y += exp(cs_i) C_i S_in` over all its heads at once, then D and the gate.
-    fn output_rows(
-        &self,
-        chunk: usize,
-        b: usize,
-        (r0, r1): (usize, usize),
-        states: &[T],
-        out: &mut [T],
-    ) {
+    /// `Y = M X` per head of the block, `M[i][j] = (C_i . B_j) exp(cs_i - cs_j) dt'_j` for
+    /// `j <= i`.
+    fn intra_chunk(&self, at: &At, scratch: &mut Scratch<T>) {
         let dims = &self.dims;
-        let (n, p, q, len) = (dims.dstate, dims.headdim, self.plan.q, dims.len);
-        let (t0, chunk_rows) = self.plan.span(chunk, len);
-        let rows = r1 - r0;
-        let ld_out = dims.heads * p;
-        let mut m_t = vec![T::ZERO; r1 * rows];
-        for h in 0..dims.heads {
-            let g = h / (dims.heads / dims.groups);
-            let bh = b * dims.heads + h;
-            let slot = (b * dims.groups + g) * self.plan.count + chunk;
-            let dt = &self.time.dt[bh * len + t0..][..r1];
-            let cs = &self.time.cumsum[bh * len + t0..][..r1];
+        let (q, len, rows) = (self.plan.q, dims.len, at.rows);
+        let slot = (at.batch * dims.groups + at.block.group) * self.plan.count + at.chunk;
+        let cols = at.block.columns();
+        for hl in 0..at.block.count {
+            let h = at.block.first + hl;
+            let bh = at.batch * dims.heads + h;
+            let m_t = &mut scratch.m_t[..rows * rows];
             let decay = DecayJob {
                 bc: &self.group.bc[slot * q * q..],
                 ld_bc: q,
-                dt,
-                cs,
-                r0,
-                m_t: &mut m_t,
+                dt: &self.time.dt[bh * len + at.t0..][..rows],
+                cs: &self.time.cumsum[bh * len + at.t0..][..rows],
+                r0: 0,
+                m_t,
             };
             simd::dispatch_on(self.isa, decay);
             let intra = Product {
                 m: rows,
-                n: p,
-                k: r1,
+                n: at.block.width,
+                k: rows,
                 a: Strided {
-                    data: &m_t,
+                    data: &scratch.m_t[..rows * rows],
                     offset: 0,
                     row_stride: 1,
                     col_stride: rows,
                 },
                 a_col_scale: None,
-                b: &self.inputs.x[x_offset(dims, b, t0, h)..],
-                ldb: ld_out,
-                depth: Depth::Causal { offset: r0 },
+                b: &self.inputs.x[x_offset(dims, at.batch, at.t0, h) + at.block.j0..],
+                ldb: dims.heads * dims.headdim,
+                depth: Depth::Causal { offset: 0 },
                 columns: Columns::All,
             };
-            matmul(self.isa, intra, &mut out[h * p..], ld_out, Store::Overwrite);
+            let y = &mut scratch.y[hl * at.block.width..rows * cols];
+            matmul(self.isa, intra, y, cols, Store::Overwrite);
         }
-        if chunk > 0 || self.inputs.initial_states.is_some() {
-            // scale[i][h] = exp(cs_i) of head h
-            let mut scale = vec![T::ZERO; rows * dims.heads];
-            for h in 0..dims.heads {
-                let cs = &self.time.cumsum[(b * dims.heads + h) * len + t0..];
-                for (i, s) in scale.iter_mut().skip(h).step_by(dims.heads).enumerate() {
-                    *s = cs[r0 + i].exp();
-                }
-            }
-            for (index, block) in self.blocks.iter().enumerate() {
-                let slot = (b * dims.groups + block.group) * self.plan.count + chunk;
-                let w = block.count * p;
-                let offset = self.slab_offset(b, index);
-                let state_out = Product {
-                    m: rows,
-                    n: w,
-                    k: n,
-                    a: Strided {
-                        data: &self.group.c_t,
-                        offset: slot * n * q + r0,
-                        row_stride: 1,
-                        col_stride: chunk_rows,
-                    },
-                    a_col_scale: None,
-                    b: &states[offset..offset + n * w],
-                    ldb: w,
-                    depth: Depth::Full,
-                    columns: Columns::All,
-                };
-                let store = Store::AddGridScaled {
-                    scale: &scale[block.first..],
-                    ld: dims.heads,
-                    block: p,
-                };
-                matmul(
-                    self.isa,
-                    state_out,
-                    &mut out[block.first * p..],
-                    ld_out,
-                    store,
-                );
-            }
-        }
-        let finish = FinishJob {
-            dims: *dims,
-            inputs: self.inputs,
-            first_row: b * len + t0 + r0,
-            out,
-        };
-        simd::dispatch_on(self.isa, finish);
     }
 
-    /// `S_next^T = exp(cs_last) S^T + B^T (w x)` for the heads of `block`, all at once:
-    /// `w_l = exp(cs_last - cs_l) dt'_l` per head, x rows of the block's heads side by side.
-    fn update_block(&self, chunk: usize, b: usize, block: HeadBlock, states: &[T], next: &mut [T]) {
+    /// `Y_i += exp(cs_i) S_in C_i` for all channels of the block at once.
+    fn state_output(&self, at: &At, state: &[T], scratch: &mut Scratch<T>) {
         let dims = &self.dims;
-        let (p, len) = (dims.headdim, dims.len);
-        let (t0, rows) = self.plan.span(chunk, len);
-        let w = block.count * p;
-        let index = self
-            .blocks
-            .iter()
-            .position(|blk| blk.first == block.first)
-            .unwrap_or(0);
-        let offset = self.slab_offset(b, index);
-        let mut x_w = vec![T::ZERO; rows * w];
-        let mut decay = vec![T::ZERO; w];
+        let (n, q, len, rows) = (dims.dstate, self.plan.q, dims.len, at.rows);
+        let count = at.block.count;
+        for hl in 0..count {
+            let bh = at.batch * dims.heads + at.block.first + hl;
+            let cs = &self.time.cumsum[bh * len + at.t0..][..rows];
+            for (i, &c) in cs.iter().enumerate() {
+                scratch.scale[i * count + hl] = c.exp();
+            }
+        }
+        let slot = (at.batch * dims.groups + at.block.group) * self.plan.count + at.chunk;
+        let cols = at.block.columns();
+        let product = Product {
+            m: rows,
+            n: cols,
+            k: n,
+            a: Strided {
+                data: &self.group.c_t,
+                offset: slot * n * q,
+                row_stride: 1,
+                col_stride: rows,
+            },
+            a_col_scale: None,
+            b: state,
+            ldb: cols,
+            depth: Depth::Full,
+            columns: Columns::All,
+        };
+        let store = Store::AddGridScaled {
+            scale: &scratch.scale,
+            ld: count,
+            block: at.block.width,
+        };
+        matmul(
+            self.isa,
+            product,
+            &mut scratch.y[..rows * cols],
+            cols,
+            store,
+        );
+    }
+
+    /// `S^T = exp(cs_last) S^T + B^T (w x)`, `w_l = exp(cs_last - cs_l) dt'_l` per head.
+    fn update_state(&self, at: &At, scratch: &mut Scratch<T>, state: &mut [T]) {
+        let dims = &self.dims;
+        let cols = at.block.columns();
         let pack = WeightedRows {
             dims: *dims,
             x: self.inputs.x,
             time: self.time,
-            b,
-            t0,
-            block,
-            x_w: &mut x_w,
-            decay: &mut decay,
+            at: *at,
+            x_w: &mut scratch.x_w[..at.rows * cols],
+            decay: &mut scratch.decay,
         };
         simd::dispatch_on(self.isa, pack);
-        let b_rows = bc_rows(self.inputs.b, dims, b, t0, block.group);
+        let b_rows = bc_rows(self.inputs.b, dims, at.batch, at.t0, at.block.group);
         let product = Product {
             m: dims.dstate,
-            n: w,
-            k: rows,
+            n: cols,
+            k: at.rows,
             a: Strided {
                 row_stride: b_rows.col_stride,
                 col_stride: b_rows.row_stride,
                 ..b_rows
             },
             a_col_scale: None,
-            b: &x_w,
-            ldb: w,
+            b: &scratch.x_w[..at.rows * cols],
+            ldb: cols,
             depth: Depth::Full,
             columns: Columns::All,
         };
-        let store = Store::ScaleColumnsAddFrom {
-            scale: &decay,
-            previous: &states[offset..offset + next.len()],
-        };
-        matmul(self.isa, product, next, w, store);
+        matmul(
+            self.isa,
+            product,
+            state,
+            cols,
+            Store::ScaleColumnsAdd(&scratch.decay),
+        );
     }
 }
 
-/// The right operand of a state update: for the heads of `block` side by side,
-/// `x_w[l][hl * p + j] = exp(cs_last - cs_l) dt'_l x[t0 + l, head, j]`, and the state decay
-/// `decay[hl * p + j] = exp(cs_last)` of each head.
+/// Where one chunk of one task lies.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    batch: usize,
+    block: HeadBlock,
+    chunk: usize,
+    t0: usize,
+    rows: usize,
+}
+
+/// The right operand of a state update: for the block's channels side by side,
+/// `x_w[l][hl * width + j] = exp(cs_last - cs_l) dt'_l x[t0 + l, head, j0 + j]`, and the state
+/// decay `decay[hl * width + j] = exp(cs_last)` of each head.
 struct WeightedRows<'a, 'o, T> {
     dims: SsdDims,
     x: &'a [T],
     time: &'a TimeTerms<T>,
-    b: usize,
-    t0: usize,
-    block: HeadBlock,
+    at: At,
     x_w: &'o mut [T],
     decay: &'o mut [T],
 }
@@ -817,22 +801,91 @@ impl<T: Real> Kernel for WeightedRows<'_, '_, T> {
     #[inline(always)]
     fn run<A: Arch>(self) {
         let dims = &self.dims;
-        let (p, len) = (dims.headdim, dims.len);
-        let w = self.block.count * p;
-        let rows = self.x_w.len() / w;
-        for hl in 0..self.block.count {
-            let h = self.block.first + hl;
-            let bh = self.b * dims.heads + h;
-            let dt = &self.time.dt[bh * len + self.t0..][..rows];
-            let cs = &self.time.cumsum[bh * len + self.t0..][..rows];
-            let last = cs[rows - 1];
-            self.decay[hl * p..(hl + 1) * p].fill(last.exp());
-            for (l, x_row) in self.x_w.chunks_exact_mut(w).enumerate() {
+        let (at, len) = (self.at, dims.len);
+        let (w, cols) = (at.block.width, at.block.columns());
+        for hl in 0..at.block.count {
+            let h = at.block.first + hl;
+            let bh = at.batch * dims.heads + h;
+            let dt = &self.time.dt[bh * len + at.t0..][..at.rows];
+            let cs = &self.time.cumsum[bh * len + at.t0..][..at.rows];
+            let last = cs[at.rows - 1];
+            self.decay[hl * w..(hl + 1) * w].fill(last.exp());
+            for (l, x_row) in self.x_w.chunks_exact_mut(cols).enumerate() {
                 let weight = (last - cs[l]).exp() * dt[l];
-                let x = &self.x[x_offset(dims, self.b, self.t0 + l, h)..][..p];
-                for (v, &xv) in x_row[hl * p..(hl + 1) * p].iter_mut().zip(x) {
+                let x = &self.x[x_offset(dims, at.batch, at.t0 + l, h) + at.block.j0..][..w];
+                for (v, &xv) in x_row[hl * w..(hl + 1) * w].iter_mut().zip(x) {
                     *v = weight * xv;
                 }
+            }
+        }
+    }
+}
+
+/// Writes a chunk's outputs of one block to its segments of out:
+/// `out = (y + D x) * silu(z)`.
+struct FinishSegments<'a, 'r, 'o, T> {
+    dims: SsdDims,
+    inputs: SsdInputs<'a, T>,
+    at: At,
+    /// `(rows, columns)`.
+    y: &'a [T],
+    rows: &'r mut [&'o mut [T]],
+}
+
+impl<T: Real> Kernel for FinishSegments<'_, '_, '_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<A: Arch>(self) {
+        let dims = &self.dims;
+        let (p, at) = (dims.headdim, self.at);
+        let (w, cols) = (at.block.width, at.block.columns());
+        for (i, segment) in self.rows.iter_mut().enumerate() {
+            let row = at.batch * dims.len + at.t0 + i;
+            let y_row = &self.y[i * cols..(i + 1) * cols];
+            for hl in 0..at.block.count {
+                let h = at.block.first + hl;
+                let start = (row * dims.heads + h) * p + at.block.j0;
+                let x = &self.inputs.x[start..start + w];
+                let y = &y_row[hl * w..(hl + 1) * w];
+                let out = &mut segment[hl * w..(hl + 1) * w];
+                let d = match (self.inputs.d, dims.d_form) {
+                    (Some(d), Granularity::PerHead) => Skip::Head(d[h]),
+                    (Some(d), Granularity::PerHeadDim) => {
+                        Skip::Channels(&d[h * p + at.block.j0..][..w])
+                    }
+                    (None, _) => Skip::Head(T::ZERO),
+                };
+                let z = self.inputs.z.map(|z| &z[start..start + w]);
+                gate_into::<T, A>(out, y, x, d, z);
+            }
+        }
+    }
+}
+
+/// D: one value per head, or per channel (the given slice).
+#[derive(Clone, Copy)]
+enum Skip<'a, T> {
+    Head(T),
+    Channels(&'a [T]),
+}
+
+/// `out = (y + D x) * silu(z)` in one pass (`silu(z)` = 1 without z).
+#[inline(always)]
+fn gate_into<T: Real, A: Arch>(out: &mut [T], y: &[T], x: &[T], d: Skip<'_, T>, z: Option<&[T]>) {
+    let gate = |v: T, i: usize| match z {
+        Some(z) => v * z[i].silu(),
+        None => v,
+    };
+    match d {
+        Skip::Head(dh) => {
+            for (i, ((o, &yv), &xv)) in out.iter_mut().zip(y).zip(x).enumerate() {
+                *o = gate(T::fma::<A>(dh, xv, yv), i);
+            }
+        }
+        Skip::Channels(d) => {
+            for (i, (((o, &yv), &xv), &dv)) in out.iter_mut().zip(y).zip(x).zip(d).enumerate() {
+                *o = gate(T::fma::<A>(dv, xv, yv), i);
             }
         }
     }
