@@ -114,6 +114,21 @@ def test_update_with_several_tokens(rng, dtype):
     np.testing.assert_array_equal(f64(conv_state), state_ref)
 
 
+def test_update_split_into_several_tasks(rng, threads):
+    """Enough rows for the decode step to run as several tasks, on 1 and 2 threads."""
+    x, w, bias, _ = conv_inputs(rng, 2, 1500, 1, 4, np.float32)
+    start = rng.standard_normal((2, 1500, 3)).astype(np.float32)
+    want = ref.causal_conv1d_update(f64(x), f64(start), f64(w), f64(bias), "silu")
+    results = []
+    for n in (1, 2):
+        threads(n)
+        state = start.copy()
+        results.append((mamba.causal_conv1d_update(x[..., 0], state, w, bias, "silu"), state))
+        assert_close(results[-1][0], want[..., 0], np.float32)
+        np.testing.assert_array_equal(state, np.concatenate([start[..., 1:], x], axis=-1))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
 def test_many_channels_and_thread_count(rng, threads):
     x, w, bias, h0 = conv_inputs(rng, 3, 200, 300, 4, np.float32)
     results = []

@@ -52,6 +52,7 @@ SHAPES = [
     (1, 100, 3, 17, 9, 3),
     (3, 19, 8, 3, 16, 1),
     (1, 70, 2, 70, 5, 1),  # few heads: channels split into blocks of 32, 32, 6
+    (2, 33, 6, 64, 8, 1),  # head blocks of 4 and 2 heads (256 channels at most)
 ]
 
 
