@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import seqkern
-from seqkern import mamba
+from seqkern import _native, mamba
 from seqkern.reference import mamba as ref
 
 DTYPES = [np.float32, np.float64]
@@ -89,6 +89,32 @@ def test_result_does_not_depend_on_the_chunk_size(rng, dtype, length):
         )
         assert_close(y, want_y, dtype)
         assert_close(state, want_state, dtype)
+
+
+@pytest.mark.parametrize("length", [100, 300])
+def test_long_chunks_of_the_kernel(rng, length):
+    """ssd_scan caps chunks at SSD_MAX_CHUNK; the kernel itself takes any chunk length."""
+    args = ssd_inputs(rng, batch=1, length=length, heads=3, headdim=8, dstate=16, groups=1)
+    want_y, want_state = expected(args, np.float64, dt_softplus=True)
+    for chunk_size in (mamba.SSD_MAX_CHUNK + 1, 256, length + 5):
+        y, state = _native.ssd_scan_f64(
+            args["x"],
+            args["dt"],
+            args["A"],
+            args["B"],
+            args["C"],
+            chunk_size,
+            args["D"],
+            args["z"],
+            args["dt_bias"],
+            args["initial_states"],
+            True,
+            0.0,
+            float("inf"),
+            False,
+        )
+        assert_close(y, want_y, np.float64)
+        assert_close(state, want_state, np.float64)
 
 
 def test_numpy_references_agree(rng):
