@@ -1,5 +1,5 @@
 """Mamba-2 kernels at mamba2-130m layer shapes: the chunked SSD scan (at several chunk lengths;
-the public function caps them at 64, so longer ones call the kernel directly), the
+the public function caps them at 32, so longer ones call the kernel directly), the
 step-by-step Rust recurrence over the same inputs, the NumPy chunked reference, and the causal
 conv1d with its decode step.
 
@@ -23,13 +23,13 @@ def ssd_args():
 
 
 @pytest.mark.benchmark(group="ssd_scan b1 L2048 h24 p64 n128 f32")
-@pytest.mark.parametrize("chunk_size", [32, 64])
+@pytest.mark.parametrize("chunk_size", [16, 32])
 def test_ssd_scan_chunked(benchmark, ssd_args, chunk_size):
     benchmark(mamba.ssd_scan, **ssd_args, chunk_size=chunk_size, dt_softplus=True)
 
 
 @pytest.mark.benchmark(group="ssd_scan b1 L2048 h24 p64 n128 f32")
-@pytest.mark.parametrize("chunk_size", [128, 256])
+@pytest.mark.parametrize("chunk_size", [64, 256])
 def test_ssd_kernel_long_chunks(benchmark, ssd_args, chunk_size):
     a = ssd_args
     benchmark(

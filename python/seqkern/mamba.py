@@ -253,7 +253,7 @@ __all__ += [
     "ssd_scan_sequential",
 ]
 
-SSD_MAX_CHUNK = 64
+SSD_MAX_CHUNK = 32
 """The longest chunk :func:`ssd_scan` uses (``chunk_size`` is capped to it)."""
 
 _SSD = {
@@ -358,9 +358,9 @@ def ssd_scan(
     every decay being the exp of a difference of cumulative sums. The result does not depend
     on the chunk length beyond rounding, and L need not be a multiple of it. ``chunk_size`` is
     accepted for mamba_ssm compatibility as an upper bound: chunks of
-    ``min(chunk_size, 64)`` steps are used, because on CPUs the intra-chunk work grows with
+    ``min(chunk_size, 32)`` steps are used, because on CPUs the intra-chunk work grows with
     the chunk length while matrix products are no cheaper than the recurrence (256, the GPU
-    default, measured 1.4x slower than 64 at mamba2-130m shapes).
+    default, measured about 1.4x slower than 32 at mamba2-130m shapes).
 
     Returns ``out`` (batch, L, nheads, headdim), and ``(out, final_states)`` when
     ``return_final_states``. Two calls chained through the final state give the result of

@@ -296,19 +296,26 @@ fn trivial_case<T: Real>(
 }
 
 /// dt' and the chunk-local cumulative sums of dt' A, both `(batch, heads, L)`.
+/// Also, per step t of a chunk, `growth = exp(cs_t)` (the decay of the state entering the
+/// chunk) and `weight = exp(cs_last - cs_t) dt'_t` (the weight of step t in the chunk's state).
 struct TimeTerms<T> {
     dt: Vec<T>,
     cumsum: Vec<T>,
+    growth: Vec<T>,
+    weight: Vec<T>,
 }
 
 fn prepare_dt<T: Real>(isa: Isa, dims: &SsdDims, inputs: &SsdInputs<'_, T>) -> TimeTerms<T> {
     let len = dims.len;
     let mut dt = vec![T::ZERO; dims.batch * dims.heads * len];
     let mut cumsum = vec![T::ZERO; dt.len()];
+    let mut growth = vec![T::ZERO; dt.len()];
+    let mut weight = vec![T::ZERO; dt.len()];
     dt.par_chunks_mut(len)
         .zip(cumsum.par_chunks_mut(len))
+        .zip(growth.par_chunks_mut(len).zip(weight.par_chunks_mut(len)))
         .enumerate()
-        .for_each(|(bh, (dt, cumsum))| {
+        .for_each(|(bh, ((dt, cumsum), (growth, weight)))| {
             simd::dispatch_on(
                 isa,
                 DtJob {
@@ -317,19 +324,29 @@ fn prepare_dt<T: Real>(isa: Isa, dims: &SsdDims, inputs: &SsdInputs<'_, T>) -> T
                     bh,
                     dt,
                     cumsum,
+                    growth,
+                    weight,
                 },
             );
         });
-    TimeTerms { dt, cumsum }
+    TimeTerms {
+        dt,
+        cumsum,
+        growth,
+        weight,
+    }
 }
 
-/// dt' for one (batch, head) row, and its cumulative sums restarted at every chunk.
+/// dt' for one (batch, head) row, its cumulative sums restarted at every chunk, and the
+/// growth and weight of [`TimeTerms`].
 struct DtJob<'a, 'o, T> {
     dims: SsdDims,
     inputs: SsdInputs<'a, T>,
     bh: usize,
     dt: &'o mut [T],
     cumsum: &'o mut [T],
+    growth: &'o mut [T],
+    weight: &'o mut [T],
 }
 
 impl<T: Real> Kernel for DtJob<'_, '_, T> {
@@ -353,12 +370,19 @@ impl<T: Real> Kernel for DtJob<'_, '_, T> {
             *v = v.max_nan(lo).min_nan(hi);
         }
         let a = self.inputs.a[h];
-        let chunks = self.dt.chunks(self.dims.chunk_size);
-        for (dt, cs) in chunks.zip(self.cumsum.chunks_mut(self.dims.chunk_size)) {
+        let q = self.dims.chunk_size;
+        let chunks = self.dt.chunks(q).zip(self.cumsum.chunks_mut(q));
+        let terms = self.growth.chunks_mut(q).zip(self.weight.chunks_mut(q));
+        for ((dt, cs), (growth, weight)) in chunks.zip(terms) {
             let mut sum = T::ZERO;
             for (c, &d) in cs.iter_mut().zip(dt) {
                 sum += d * a;
                 *c = sum;
+            }
+            let last = sum;
+            for (((g, w), &c), &d) in growth.iter_mut().zip(weight.iter_mut()).zip(&*cs).zip(dt) {
+                *g = c.exp();
+                *w = (last - c).exp() * d;
             }
         }
     }
@@ -697,9 +721,9 @@ impl<T: Real> ChunkedShared<'_, T> {
         let count = at.block.count;
         for hl in 0..count {
             let bh = at.batch * dims.heads + at.block.first + hl;
-            let cs = &self.time.cumsum[bh * len + at.t0..][..rows];
-            for (i, &c) in cs.iter().enumerate() {
-                scratch.scale[i * count + hl] = c.exp();
+            let growth = &self.time.growth[bh * len + at.t0..][..rows];
+            for (i, &g) in growth.iter().enumerate() {
+                scratch.scale[i * count + hl] = g;
             }
         }
         let slot = (at.batch * dims.groups + at.block.group) * self.plan.count + at.chunk;
@@ -806,12 +830,11 @@ impl<T: Real> Kernel for WeightedRows<'_, '_, T> {
         for hl in 0..at.block.count {
             let h = at.block.first + hl;
             let bh = at.batch * dims.heads + h;
-            let dt = &self.time.dt[bh * len + at.t0..][..at.rows];
-            let cs = &self.time.cumsum[bh * len + at.t0..][..at.rows];
-            let last = cs[at.rows - 1];
-            self.decay[hl * w..(hl + 1) * w].fill(last.exp());
-            for (l, x_row) in self.x_w.chunks_exact_mut(cols).enumerate() {
-                let weight = (last - cs[l]).exp() * dt[l];
+            let weights = &self.time.weight[bh * len + at.t0..][..at.rows];
+            let growth = self.time.growth[bh * len + at.t0 + at.rows - 1];
+            self.decay[hl * w..(hl + 1) * w].fill(growth);
+            let rows = self.x_w.chunks_exact_mut(cols).zip(weights);
+            for (l, (x_row, &weight)) in rows.enumerate() {
                 let x = &self.x[x_offset(dims, at.batch, at.t0 + l, h) + at.block.j0..][..w];
                 for (v, &xv) in x_row[hl * w..(hl + 1) * w].iter_mut().zip(x) {
                     *v = weight * xv;

@@ -1,7 +1,7 @@
 """Benchmark cases of the Mamba-2 family: the SSD scan of a mamba2-130m layer and its conv1d.
 
 The SSD cases compare seqkern's chunked kernel with the NumPy chunked reference called with
-the same arguments (ssd_scan caps chunks at 64 steps, the reference runs the chunk size it is
+the same arguments (ssd_scan caps chunks at 32 steps, the reference runs the chunk size it is
 given), and with seqkern's own step-by-step recurrence over the same inputs (that case's second
 column holds the Rust kernel, not NumPy).
 """
@@ -96,13 +96,13 @@ def _conv_update(rng):
 SHAPE = "b1 L2048 h24 p64 n128 g1 f32"
 CASES = [
     Case("mamba2", "ssd_scan (chunk_size 256)", SHAPE, _ssd_vs_numpy(256), ">= 10x"),
-    Case("mamba2", "ssd_scan (chunk_size 64)", SHAPE, _ssd_vs_numpy(64)),
+    Case("mamba2", "ssd_scan (chunk_size 32)", SHAPE, _ssd_vs_numpy(32)),
     Case("mamba2", "ssd_scan_sequential", SHAPE + " vs numpy chunk 256", _sequential_vs_numpy),
     Case(
         "mamba2",
         "ssd_scan | Rust sequential",
         SHAPE + " (2nd column: Rust)",
-        _ssd_vs_sequential(64),
+        _ssd_vs_sequential(32),
         "> 1x",
     ),
     Case("mamba2", "causal_conv1d", "b1 d1536 L1024 w4 f32, bias silu", _conv, "<= 1 ms"),
