@@ -188,15 +188,14 @@ fn split_rows<'o, T>(
     last_state: &'o mut [T],
 ) -> Vec<BlockRow<'o, T>> {
     let mut rows = Vec::with_capacity(dims.batch * blocks.len());
-    let out_rows = out.chunks_mut(dims.dim * dims.len.max(1));
-    let state_rows = last_state.chunks_mut(dims.dim * dims.dstate.max(1));
-    for (batch, (mut out_b, mut state_b)) in out_rows.zip(state_rows).enumerate() {
+    let (mut out, mut last_state) = (out, last_state);
+    for batch in 0..dims.batch {
         for &(start, end) in blocks {
             let width = end - start;
-            let (o, rest_o) = std::mem::take(&mut out_b).split_at_mut(width * dims.len);
-            let (s, rest_s) = std::mem::take(&mut state_b).split_at_mut(width * dims.dstate);
-            out_b = rest_o;
-            state_b = rest_s;
+            let (o, rest_out) = std::mem::take(&mut out).split_at_mut(width * dims.len);
+            let (s, rest_state) = std::mem::take(&mut last_state).split_at_mut(width * dims.dstate);
+            out = rest_out;
+            last_state = rest_state;
             rows.push(BlockRow {
                 batch,
                 channels: (start, end),
