@@ -300,7 +300,8 @@ def test_state_update_multihead_equals_scan_with_tied_parameters(rng):
 
 
 def test_results_identical_for_one_and_two_threads(rng, threads):
-    args = as_dtype(make_scan(rng, 3, 50, 16, 70, "grouped", "fixed", groups=5), np.float32)
+    # 3 * 50 * 16 * 100 updates: above PARALLEL_MIN_WORK (parallel.rs), so the pool splits it.
+    args = as_dtype(make_scan(rng, 3, 50, 16, 100, "grouped", "fixed", groups=5), np.float32)
     threads(1)
     y1, h1 = selective_scan(**args, delta_softplus=True, return_last_state=True)
     threads(2)
