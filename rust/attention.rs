@@ -245,7 +245,8 @@ impl<T: Real> BlockJob<'_, '_, '_, T> {
         scratch.ot.fill(T::ZERO);
         scratch.max.fill(T::NEG_INFINITY);
         scratch.sum.fill(T::ZERO);
-        let end = self.first_query + rows; // one past the last query, and the last key seen
+        // One past the last query, which is also one past the last key any query sees.
+        let end = self.first_query + rows;
         for first in (0..end).step_by(KEY_BLOCK) {
             let tile = KeyTile {
                 first,

@@ -113,6 +113,17 @@ def test_huge_equal_scores_average_the_values(rng):
     assert_close(causal_attention(q, q, v), want, np.float32)
 
 
+def test_nan_stays_in_the_rows_that_see_it(rng, each_simd_path):
+    """A NaN query poisons only its own row; a NaN key only the rows at or after it."""
+    q, k, v = qkv(rng, 1, 1, 150, 16)
+    q[0, 0, 70, 3] = np.nan
+    k[0, 0, 100, 5] = np.nan
+    out = causal_attention(q, k, v)
+    nan_rows = np.isnan(out[0, 0]).any(axis=1)
+    assert nan_rows[70] and nan_rows[100:].all()
+    assert not nan_rows[:70].any() and not nan_rows[71:100].any()
+
+
 def test_thread_count_does_not_change_the_result(rng, threads):
     q, k, v = qkv(rng, 2, 3, 333, 40)
     results = []

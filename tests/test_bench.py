@@ -182,9 +182,17 @@ def test_runner_skips_points_over_the_time_and_memory_limits():
     assert [p["length"] for p in fast.points] == [8]  # the next is predicted too slow
     assert [s["length"] for s in fast.skipped] == [16, 32]
     assert "per call" in fast.skipped[0]["reason"]
+    assert fast.skipped[1]["reason"].startswith("L=16 was skipped: predicted")
     (fast, ref), _, _ = _run(kernel, limits=sweeps.Limits(60.0, 2e4))
     assert [p["length"] for p in ref.points] == [8, 16]  # 32 needs 3.2e4 bytes
     assert "GiB memory limit" in ref.skipped[0]["reason"]
+
+
+def test_runner_repeats_long_calls_fewer_times(monkeypatch):
+    monkeypatch.setattr(sweeps, "LONG_CALL_SECONDS", 0.0)  # every predicted call is "long"
+    runner = sweeps.SweepRunner([_fake_kernel()], [8, 16], 5, GENEROUS, lambda m, s: None)
+    fast, _ = runner.run()
+    assert [len(p["samples"]) for p in fast.points] == [5, 3]
 
 
 def test_runner_records_a_failing_kernel_and_goes_on(monkeypatch):

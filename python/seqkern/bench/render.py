@@ -126,7 +126,7 @@ def _sweeps(results: dict[str, Any], plot: Optional[str]) -> list[str]:
     measured = [s for s in series if s["points"]]
     if measured:
         lines += [
-            f"Milliseconds per call (median of {settings['repeats']}); the slope is the "
+            f"Milliseconds per call (median of up to {settings['repeats']}); the slope is the "
             "least-squares fit of log t against log L over the longer half of the measured "
             "lengths, given in brackets (about 1 for a scan, 2 for attention).",
             "",
@@ -267,8 +267,9 @@ def _method(results: dict[str, Any]) -> list[str]:
         "## Method",
         "",
         f"- Each sweep point is the median of {s['repeats']} calls after one warm-up call "
-        "(no warm-up for calls predicted to take over 0.5 s); the fixed-shape and ternary "
-        "timings are medians of rounds that repeat fast calls for at least 50 ms.",
+        "(no warm-up for calls predicted to take over 0.5 s, and at most 3 calls when "
+        "predicted over 5 s); the fixed-shape and ternary timings are medians of rounds that "
+        "repeat fast calls for at least 50 ms.",
         "- A point is skipped when its time, extrapolated from the fastest samples of the "
         f"previous points, exceeds "
         f"{s['max_call_seconds']:g} s per call, or its memory estimate exceeds {memory}; "

@@ -22,6 +22,9 @@ Args = tuple[tuple[Any, ...], dict[str, Any]]
 F32 = np.float32
 SECONDS_WITHOUT_WARMUP = 0.5
 """Calls predicted to take longer than this are timed without a warm-up call."""
+LONG_CALL_SECONDS = 5.0
+"""Calls predicted to take longer than this are repeated at most LONG_CALL_REPEATS times."""
+LONG_CALL_REPEATS = 3
 
 
 class Unavailable(Exception):
@@ -329,7 +332,9 @@ class SweepRunner:
         if series.status != "ok":
             return False
         if series.skipped:
-            series.skipped.append({"length": length, "reason": series.skipped[-1]["reason"]})
+            first = series.skipped[0]
+            reason = f"L={first['length']} was skipped: {first['reason']}"
+            series.skipped.append({"length": length, "reason": reason})
             return False
         predicted = predict_next(series.best_timings(), length, kernel.expected_slope)
         reason = None
@@ -363,8 +368,11 @@ class SweepRunner:
         positional, keywords = args
         predicted = predict_next(series.best_timings(), length, kernel.expected_slope)
         warmup = predicted is None or predicted < SECONDS_WITHOUT_WARMUP
+        repeats = self.repeats
+        if predicted is not None and predicted > LONG_CALL_SECONDS:
+            repeats = min(repeats, LONG_CALL_REPEATS)
         try:
-            samples = sample_seconds(lambda: fn(*positional, **keywords), self.repeats, warmup)
+            samples = sample_seconds(lambda: fn(*positional, **keywords), repeats, warmup)
         except Exception as exc:  # noqa: BLE001 - a failing kernel is reported, not fatal
             series.status = "error"
             series.note = f"L={length}: {type(exc).__name__}: {exc}"
