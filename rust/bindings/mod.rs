@@ -6,6 +6,7 @@
 //! arrays of one float dtype; the checks here are the second line, so that no input reaches a
 //! panic.
 
+mod attention;
 mod mamba;
 
 use crate::error::KernelError;
@@ -29,6 +30,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     mamba::register(m)?;
+    attention::register(m)?;
     Ok(())
 }
 
