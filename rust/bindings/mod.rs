@@ -111,7 +111,6 @@ pub(crate) fn as_mut_slice<'a, T: Element>(
 
 /// Runs `kernel` with the GIL released, on the shared pool. A panic (a bug: inputs are checked
 /// before) becomes a `RuntimeError` instead of crossing into Python.
-#[allow(dead_code)] // kept for kernels that always run on the pool
 pub(crate) fn run_detached<R, F>(py: Python<'_>, kernel: F) -> PyResult<R>
 where
     R: Send,
