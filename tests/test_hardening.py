@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from seqkern.attention import causal_attention
 from seqkern.mamba import selective_scan, selective_state_update
 
 # --- concurrency: each entry builds inputs from a seed and calls one kernel.
@@ -48,7 +49,17 @@ def _update_call(seed):
     return call
 
 
-CONCURRENT = {"selective_scan": _scan_call, "selective_state_update": _update_call}
+def _attention_call(seed):
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((1, 4, 200, 32), np.float32) for _ in range(3))
+    return lambda: causal_attention(q, k, v)
+
+
+CONCURRENT = {
+    "selective_scan": _scan_call,
+    "selective_state_update": _update_call,
+    "causal_attention": _attention_call,
+}
 
 
 def _flatten(result):
@@ -149,6 +160,14 @@ MEMORY_CASES = {
         call = lambda: selective_scan(u, u, A, B, B, None, u, None, True, True)
     """,
 }
+
+
+MEMORY_CASES["causal_attention"] = """
+    from seqkern.attention import causal_attention
+    # L 16384, D 16: the (L, L) score matrix alone would be 1 GiB.
+    q = np.ones((1, 1, 16384, 16), np.float32)
+    call = lambda: (causal_attention(q, q, q),)
+"""
 
 
 @pytest.mark.parametrize("kernel", sorted(MEMORY_CASES))

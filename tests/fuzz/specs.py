@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from seqkern import mamba
+from seqkern import attention, mamba
 
 Kwargs = dict[str, Any]
 
@@ -92,6 +92,13 @@ def _update_multihead_args(rng, dtype):
     )
 
 
+def _attention_args(rng, dtype):
+    batch, heads, head_dim, length = _sizes(rng)
+    n = lambda *s: _normal(rng, dtype, *s)  # noqa: E731
+    shape = (batch, heads, length, head_dim)
+    return dict(q=n(*shape), k=n(*shape), v=n(*shape))
+
+
 SPECS: list[Spec] = [
     Spec(
         "selective_scan",
@@ -113,4 +120,5 @@ SPECS: list[Spec] = [
         lambda a: a["x"].shape,
         in_place=("state",),
     ),
+    Spec("causal_attention", attention.causal_attention, _attention_args, lambda a: a["q"].shape),
 ]
