@@ -3,6 +3,7 @@
 //! The kernels are plain Rust over slices and dimensions and never see a Python type; the
 //! `bindings` module (behind the `python` feature) is the only place that knows PyO3.
 
+pub mod attention;
 pub mod error;
 pub mod mamba;
 pub mod parallel;

@@ -50,3 +50,26 @@ pub fn set_num_threads(threads: usize) {
 pub fn num_threads() -> usize {
     pool().current_num_threads()
 }
+
+/// Below this many inner-loop element updates a call runs on the calling thread: waking the
+/// pool and waiting for it costs more than the work (a decode step is ~25k updates).
+pub const PARALLEL_MIN_WORK: usize = 1 << 17;
+
+/// Calls `f(&mut scratch, item)` for every item, with one `scratch` from `init` per sequential
+/// run. Runs on the calling thread when `work` (the call's element updates) is below
+/// [`PARALLEL_MIN_WORK`], else on the pool. Items must be independent, so the result does not
+/// depend on which thread runs what.
+pub fn for_each_init<I, S, Init, F>(items: Vec<I>, work: usize, init: Init, f: F)
+where
+    I: Send,
+    Init: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, I) + Sync + Send,
+{
+    use rayon::prelude::*;
+    if work < PARALLEL_MIN_WORK || items.len() < 2 {
+        let mut scratch = init();
+        items.into_iter().for_each(|item| f(&mut scratch, item));
+    } else {
+        install(|| items.into_par_iter().for_each_init(&init, &f));
+    }
+}

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _native, mamba, reference
+from . import _native, attention, mamba, reference
 
 __version__: str = _native.build_info()["version"]
 
 __all__ = [
     "__version__",
+    "attention",
     "build_info",
     "get_num_threads",
     "mamba",

@@ -7,6 +7,7 @@ the expected and the actual shape or dtype. Arrays are made C-contiguous deliber
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -69,6 +70,33 @@ def check_ndim(name: str, array: np.ndarray, options: Sequence[Sequence[Dim]]) -
         )
 
 
+def _physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+PHYSICAL_MEMORY = _physical_memory()
+
+
+def contiguous(name: str, array: np.ndarray) -> np.ndarray:
+    """``array`` as a C-contiguous array: itself when it already is, else one deliberate copy.
+
+    A view that claims more bytes than this machine has (a stride-0 broadcast of an absurd
+    shape, say) is a ValueError instead of a doomed multi-terabyte allocation.
+    """
+    if array.flags.c_contiguous:
+        return array
+    needed = array.size * array.itemsize
+    if PHYSICAL_MEMORY is not None and needed > PHYSICAL_MEMORY:
+        raise ValueError(
+            f"{name}: an array of shape {tuple(array.shape)} needs {needed / 2**30:.1f} GiB as "
+            f"a contiguous copy, more than this machine's {PHYSICAL_MEMORY / 2**30:.1f} GiB"
+        )
+    return np.ascontiguousarray(array)
+
+
 def float_input(
     name: str,
     value: Any,
@@ -81,7 +109,7 @@ def float_input(
     array = as_array(name, value)
     same_dtype(name, array, dtype, like)
     check_shape(name, array, dims, sizes)
-    return np.ascontiguousarray(array)
+    return contiguous(name, array)
 
 
 def optional_float_input(

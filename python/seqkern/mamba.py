@@ -41,7 +41,7 @@ def _bc_input(
         groups = array.shape[1]
         ck.check_shape(name, array, forms[2], (batch, groups, dstate, length))
         ck.divides(name, groups, "dim", dim)
-    return np.ascontiguousarray(array)
+    return ck.contiguous(name, array)
 
 
 def selective_scan(
@@ -87,9 +87,9 @@ def selective_scan(
     ck.check_shape("A", A, ("dim", "dstate"), (dim, dstate))
     seq = ("batch", "dim", "L")
     args = dict(
-        u=np.ascontiguousarray(u),
+        u=ck.contiguous("u", u),
         delta=ck.float_input("delta", delta, dtype, "u", seq, u.shape),
-        a=np.ascontiguousarray(A),
+        a=ck.contiguous("A", A),
         b=_bc_input("B", B, dtype, batch, dim, dstate, length),
         c=_bc_input("C", C, dtype, batch, dim, dstate, length),
         d=ck.optional_float_input("D", D, dtype, "u", ("dim",), (dim,)),
@@ -176,7 +176,7 @@ def _update_bc(
     groups = array.shape[1]
     ck.check_shape(name, array, ("batch", "groups", "dstate"), (batch, groups, dstate))
     ck.divides(name, groups, "nheads" if not one_group else "dim", heads)
-    return np.ascontiguousarray(array)
+    return ck.contiguous(name, array)
 
 
 def _update_mamba1(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dtype):
@@ -213,7 +213,7 @@ def _per_head(name: str, value: Any, dtype: np.dtype, heads: int, headdim: int, 
         ck.check_shape(name, array, short, sizes)
     else:
         ck.check_shape(name, array, short + ("headdim",), sizes + (headdim,))
-    return np.ascontiguousarray(array)
+    return ck.contiguous(name, array)
 
 
 def _update_multihead(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dtype):
@@ -232,7 +232,7 @@ def _update_multihead(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dtype):
         state,
         ck.float_input("x", x, dtype, "state", row, (batch, heads, headdim)),
         _per_head("dt", dt, dtype, heads, headdim, lead=(("batch", batch),)),
-        np.ascontiguousarray(A),
+        ck.contiguous("A", A),
         _update_bc("B", B, dtype, batch, heads, dstate, False),
         _update_bc("C", C, dtype, batch, heads, dstate, False),
         _per_head("D", D, dtype, heads, headdim),

@@ -1,6 +1,6 @@
 //! Bindings of the Mamba kernels.
 
-use super::{as_mut_slice, as_opt_slice, as_slice, run_detached, to_numpy};
+use super::{as_mut_slice, as_opt_slice, as_slice, run_detached_on_caller, to_numpy};
 use crate::mamba::selective_scan::{selective_scan, BcForm, ScanDims, ScanInputs};
 use crate::mamba::state_update::{
     selective_state_update, DecayForm, Granularity, UpdateDims, UpdateInputs,
@@ -79,7 +79,7 @@ fn scan_generic<'py, T: Real + Element>(
     };
     let out_len = crate::error::checked_product("u", &[batch, dim, len])?;
     let state_len = crate::error::checked_product("A", &[batch, dim, dstate])?;
-    let (out, last) = run_detached(py, || {
+    let (out, last) = run_detached_on_caller(py, || {
         let mut out = vec![T::ZERO; out_len];
         let mut last = vec![T::ZERO; state_len];
         selective_scan(dims, inputs, &mut out, &mut last)?;
@@ -142,7 +142,7 @@ fn update_generic<'py, T: Real + Element>(
     };
     let out_len = crate::error::checked_product("x", &[batch, heads, headdim])?;
     let state = as_mut_slice("state", &mut state)?;
-    let out = run_detached(py, || {
+    let out = run_detached_on_caller(py, || {
         let mut out = vec![T::ZERO; out_len];
         selective_state_update(dims, inputs, state, &mut out)?;
         Ok(out)

@@ -6,6 +6,7 @@
 //! arrays of one float dtype; the checks here are the second line, so that no input reaches a
 //! panic.
 
+mod attention;
 mod mamba;
 mod mamba2;
 
@@ -31,6 +32,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     mamba::register(m)?;
     mamba2::register(m)?;
+    attention::register(m)?;
     Ok(())
 }
 
@@ -121,17 +123,31 @@ where
     });
     match outcome {
         Ok(result) => Ok(result?),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(PyRuntimeError::new_err(format!(
-                "seqkern internal error: {message}"
-            )))
-        }
+        Err(panic) => Err(internal_error(panic)),
     }
+}
+
+/// Like [`run_detached`], but runs `kernel` on the calling thread; the kernel enters the pool
+/// itself when its work is large enough to pay for it (see `parallel::for_each_init`).
+pub(crate) fn run_detached_on_caller<R, F>(py: Python<'_>, kernel: F) -> PyResult<R>
+where
+    R: Send,
+    F: FnOnce() -> Result<R, KernelError> + Send,
+{
+    let outcome = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel)));
+    match outcome {
+        Ok(result) => Ok(result?),
+        Err(panic) => Err(internal_error(panic)),
+    }
+}
+
+fn internal_error(panic: Box<dyn std::any::Any + Send>) -> PyErr {
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    PyRuntimeError::new_err(format!("seqkern internal error: {message}"))
 }
 
 /// Moves `data` into a new NumPy array of `shape` without copying.

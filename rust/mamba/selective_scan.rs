@@ -16,8 +16,8 @@
 //! same for every thread count. Nothing of size (L, dstate) is ever stored.
 
 use crate::error::{check_len, KernelError};
+use crate::parallel;
 use crate::simd::{self, Arch, Kernel, Real};
-use rayon::prelude::*;
 
 /// Channels per SIMD block (one 512-bit register of f32).
 pub const LANES: usize = 16;
@@ -118,9 +118,17 @@ pub fn selective_scan<T: Real>(
     let isa = simd::isa();
     let blocks = channel_blocks(&dims);
     let rows = split_rows(&dims, &blocks, out, last_state);
-    rows.into_par_iter().for_each(|row| {
-        simd::dispatch_on(isa, BlockJob { dims, inputs, row });
-    });
+    let work = dims.batch * dims.dim * dims.len.max(1) * dims.dstate.max(1);
+    let scan_block = |scratch: &mut Scratch<T>, row| {
+        let job = BlockJob {
+            dims,
+            inputs,
+            row,
+            scratch,
+        };
+        simd::dispatch_on(isa, job)
+    };
+    parallel::for_each_init(rows, work, || Scratch::new(&dims), scan_block);
     Ok(())
 }
 
@@ -188,15 +196,14 @@ fn split_rows<'o, T>(
     last_state: &'o mut [T],
 ) -> Vec<BlockRow<'o, T>> {
     let mut rows = Vec::with_capacity(dims.batch * blocks.len());
-    let out_rows = out.chunks_mut(dims.dim * dims.len.max(1));
-    let state_rows = last_state.chunks_mut(dims.dim * dims.dstate.max(1));
-    for (batch, (mut out_b, mut state_b)) in out_rows.zip(state_rows).enumerate() {
+    let (mut out, mut last_state) = (out, last_state);
+    for batch in 0..dims.batch {
         for &(start, end) in blocks {
             let width = end - start;
-            let (o, rest_o) = std::mem::take(&mut out_b).split_at_mut(width * dims.len);
-            let (s, rest_s) = std::mem::take(&mut state_b).split_at_mut(width * dims.dstate);
-            out_b = rest_o;
-            state_b = rest_s;
+            let (o, rest_out) = std::mem::take(&mut out).split_at_mut(width * dims.len);
+            let (s, rest_state) = std::mem::take(&mut last_state).split_at_mut(width * dims.dstate);
+            out = rest_out;
+            last_state = rest_state;
             rows.push(BlockRow {
                 batch,
                 channels: (start, end),
@@ -209,15 +216,55 @@ fn split_rows<'o, T>(
 }
 
 /// One block of channels of one batch row, compiled per ISA by [`simd::dispatch_on`].
-struct BlockJob<'a, 'o, T> {
+struct BlockJob<'a, 'o, 's, T> {
     dims: ScanDims,
     inputs: ScanInputs<'a, T>,
     row: BlockRow<'o, T>,
+    scratch: &'s mut Scratch<T>,
 }
 
 type Lanes<T> = [T; LANES];
 
-/// Time-major scratch buffers of one chunk.
+/// Buffers a block works in, allocated once per rayon job and reused by its blocks (a decode
+/// step, L = 1, would otherwise spend its time in the allocator).
+struct Scratch<T> {
+    /// A log2(e) as `[dstate][lane]`.
+    a_log2: Vec<Lanes<T>>,
+    /// Fixed B and C as `[dstate][lane]` (empty when variable).
+    b_fixed: Vec<Lanes<T>>,
+    c_fixed: Vec<Lanes<T>>,
+    /// The state h as `[dstate][lane]`.
+    h: Vec<Lanes<T>>,
+    chunk: Chunk<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(dims: &ScanDims) -> Self {
+        let n = dims.dstate;
+        // Short sequences (a decode step is L = 1) only pay for the steps they have.
+        let steps = TIME_CHUNK.min(dims.len);
+        let lanes = |len: usize| vec![[T::ZERO; LANES]; len];
+        let fixed = |form: BcForm| lanes(if form == BcForm::Fixed { n } else { 0 });
+        let variable =
+            |form: BcForm| vec![T::ZERO; if form == BcForm::Fixed { 0 } else { steps * n }];
+        Scratch {
+            a_log2: lanes(n),
+            b_fixed: fixed(dims.b_form),
+            c_fixed: fixed(dims.c_form),
+            h: lanes(n),
+            chunk: Chunk {
+                delta: lanes(steps),
+                u: lanes(steps),
+                z: lanes(steps),
+                b: variable(dims.b_form),
+                c: variable(dims.c_form),
+                y: lanes(steps),
+            },
+        }
+    }
+}
+
+/// Time-major buffers of one chunk.
 struct Chunk<T> {
     delta: Vec<Lanes<T>>,
     u: Vec<Lanes<T>>,
@@ -227,7 +274,7 @@ struct Chunk<T> {
     y: Vec<Lanes<T>>,
 }
 
-impl<T: Real> Kernel for BlockJob<'_, '_, T> {
+impl<T: Real> Kernel for BlockJob<'_, '_, '_, T> {
     type Output = ();
 
     #[inline(always)]
@@ -241,34 +288,31 @@ impl<T: Real> Kernel for BlockJob<'_, '_, T> {
     }
 }
 
-impl<T: Real> BlockJob<'_, '_, T> {
+impl<T: Real> BlockJob<'_, '_, '_, T> {
     /// Loads per-channel constants, runs the chunks in order and stores the last state.
     #[inline(always)]
-    fn scan<A: Arch, const B_FIXED: bool, const C_FIXED: bool>(mut self) {
+    fn scan<A: Arch, const B_FIXED: bool, const C_FIXED: bool>(self) {
         let n = self.dims.dstate;
         let (start, end) = self.row.channels;
         let width = end - start;
-        let lane_vectors = |data: &[T]| -> Vec<Lanes<T>> {
-            // (dim, dstate) -> [dstate][lane]; padding lanes are 0.
-            let mut v = vec![[T::ZERO; LANES]; n];
-            for (lane, ch) in (start..end).enumerate() {
-                for (k, vk) in v.iter_mut().enumerate() {
-                    vk[lane] = data[ch * n + k];
-                }
-            }
-            v
-        };
-        let a = lane_vectors(self.inputs.a);
-        let b_fixed = if B_FIXED {
-            lane_vectors(self.inputs.b)
-        } else {
-            Vec::new()
-        };
-        let c_fixed = if C_FIXED {
-            lane_vectors(self.inputs.c)
-        } else {
-            Vec::new()
-        };
+        let Scratch {
+            a_log2,
+            b_fixed,
+            c_fixed,
+            h,
+            chunk,
+        } = self.scratch;
+        // exp(delta' A) = exp2(delta' A log2(e)): scale A once here.
+        to_lanes(a_log2, self.inputs.a, start, end, n);
+        for x in a_log2.iter_mut().flatten() {
+            *x *= T::LOG2E;
+        }
+        if B_FIXED {
+            to_lanes(b_fixed, self.inputs.b, start, end, n);
+        }
+        if C_FIXED {
+            to_lanes(c_fixed, self.inputs.c, start, end, n);
+        }
         let per_channel = |data: Option<&[T]>| -> Lanes<T> {
             let mut v = [T::ZERO; LANES];
             if let Some(data) = data {
@@ -278,52 +322,77 @@ impl<T: Real> BlockJob<'_, '_, T> {
         };
         let d_skip = per_channel(self.inputs.d);
         let bias = per_channel(self.inputs.delta_bias);
-        let mut h = vec![[T::ZERO; LANES]; n];
-        if let Some(h0) = self.inputs.initial_state {
-            let base = self.row.batch * self.dims.dim * n;
-            h = lane_vectors(&h0[base..base + self.dims.dim * n]);
+        match self.inputs.initial_state {
+            Some(h0) => {
+                let base = self.row.batch * self.dims.dim * n;
+                to_lanes(h, &h0[base..base + self.dims.dim * n], start, end, n);
+            }
+            None => h.iter_mut().for_each(|lanes| *lanes = [T::ZERO; LANES]),
         }
-        let mut chunk = Chunk {
-            delta: vec![[T::ZERO; LANES]; TIME_CHUNK],
-            u: vec![[T::ZERO; LANES]; TIME_CHUNK],
-            z: vec![[T::ZERO; LANES]; TIME_CHUNK],
-            b: vec![T::ZERO; TIME_CHUNK * n],
-            c: vec![T::ZERO; TIME_CHUNK * n],
-            y: vec![[T::ZERO; LANES]; TIME_CHUNK],
+        let block = BlockData {
+            dims: self.dims,
+            inputs: self.inputs,
+            batch: self.row.batch,
+            channels: (start, end),
+        };
+        let step = StepConsts {
+            a_log2,
+            b_fixed,
+            c_fixed,
+            d_skip: &d_skip,
         };
         let mut t0 = 0;
         while t0 < self.dims.len {
             let steps = TIME_CHUNK.min(self.dims.len - t0);
-            self.load_chunk::<B_FIXED, C_FIXED>(&mut chunk, t0, steps, &bias);
-            let step = StepConsts {
-                a: &a,
-                b_fixed: &b_fixed,
-                c_fixed: &c_fixed,
-                d_skip: &d_skip,
-            };
+            block.load_chunk::<A, B_FIXED, C_FIXED>(chunk, t0, steps, &bias);
             for t in 0..steps {
-                chunk.y[t] = scan_step::<T, A, B_FIXED, C_FIXED>(&mut h, &chunk, t, n, &step);
+                chunk.y[t] = scan_step::<T, A, B_FIXED, C_FIXED>(h, chunk, t, n, &step);
             }
-            self.store_chunk(&chunk, t0, steps);
+            block.store_chunk::<A>(chunk, self.row.out, t0, steps);
             t0 += steps;
         }
-        for (lane, state) in self
-            .row
-            .last_state
-            .chunks_mut(n.max(1))
-            .take(width)
-            .enumerate()
-        {
-            for (k, s) in state.iter_mut().enumerate() {
-                *s = h[k][lane];
-            }
+        from_lanes(self.row.last_state, h, width, n);
+    }
+}
+
+/// Writes `data[ch, k]` of a `(dim, dstate)` array to `dest[k][ch - start]` for the block's
+/// channels, and 0 to the padding lanes.
+#[inline(always)]
+fn to_lanes<T: Real>(dest: &mut [Lanes<T>], data: &[T], start: usize, end: usize, n: usize) {
+    let dest = &mut dest[..n];
+    for lanes in dest.iter_mut() {
+        *lanes = [T::ZERO; LANES];
+    }
+    for (lane, row) in data[start * n..end * n].chunks_exact(n.max(1)).enumerate() {
+        for (lanes, &value) in dest.iter_mut().zip(row) {
+            lanes[lane] = value;
         }
     }
+}
 
+/// The inverse of [`to_lanes`]: writes lane `l < width` of `src[k]` to `data[l, k]`.
+#[inline(always)]
+fn from_lanes<T: Real>(data: &mut [T], src: &[Lanes<T>], width: usize, n: usize) {
+    for (lane, row) in data[..width * n].chunks_exact_mut(n.max(1)).enumerate() {
+        for (value, lanes) in row.iter_mut().zip(src) {
+            *value = lanes[lane];
+        }
+    }
+}
+
+/// What a block reads: the inputs, its batch row and its channels.
+struct BlockData<'a, T> {
+    dims: ScanDims,
+    inputs: ScanInputs<'a, T>,
+    batch: usize,
+    channels: (usize, usize),
+}
+
+impl<T: Real> BlockData<'_, T> {
     /// Transposes steps `t0..t0 + steps` of u, delta' and z to time-major lanes and copies
     /// B_t, C_t of this block's group to `[t][dstate]`.
     #[inline(always)]
-    fn load_chunk<const B_FIXED: bool, const C_FIXED: bool>(
+    fn load_chunk<A: Arch, const B_FIXED: bool, const C_FIXED: bool>(
         &self,
         chunk: &mut Chunk<T>,
         t0: usize,
@@ -331,8 +400,13 @@ impl<T: Real> BlockJob<'_, '_, T> {
         bias: &Lanes<T>,
     ) {
         let (len, n, dim) = (self.dims.len, self.dims.dstate, self.dims.dim);
-        let (start, end) = self.row.channels;
-        let row_base = self.row.batch * dim * len;
+        let (start, end) = self.channels;
+        let row_base = self.batch * dim * len;
+        // Padding lanes (a block narrower than LANES) see u = delta = 0, so their h stays 0.
+        for t in 0..steps {
+            chunk.u[t][end - start..].fill(T::ZERO);
+            chunk.delta[t][end - start..].fill(T::ZERO);
+        }
         for (lane, ch) in (start..end).enumerate() {
             let base = row_base + ch * len + t0;
             for t in 0..steps {
@@ -348,14 +422,14 @@ impl<T: Real> BlockJob<'_, '_, T> {
         if self.inputs.delta_softplus {
             for lanes in chunk.delta[..steps].iter_mut() {
                 for x in lanes.iter_mut() {
-                    *x = x.softplus();
+                    *x = x.softplus_on::<A>();
                 }
             }
         }
         let copy_group = |form: BcForm, data: &[T], dest: &mut [T]| {
             if let BcForm::Variable { groups } = form {
                 let group = start / (dim / groups);
-                let base = (self.row.batch * groups + group) * n * len + t0;
+                let base = (self.batch * groups + group) * n * len + t0;
                 for k in 0..n {
                     for t in 0..steps {
                         dest[t * n + k] = data[base + k * len + t];
@@ -373,16 +447,16 @@ impl<T: Real> BlockJob<'_, '_, T> {
 
     /// Applies the gate and writes the chunk's outputs back to `(channel, L)` rows.
     #[inline(always)]
-    fn store_chunk(&mut self, chunk: &Chunk<T>, t0: usize, steps: usize) {
+    fn store_chunk<A: Arch>(&self, chunk: &Chunk<T>, out: &mut [T], t0: usize, steps: usize) {
         let len = self.dims.len;
-        let width = self.row.channels.1 - self.row.channels.0;
+        let width = self.channels.1 - self.channels.0;
         let gated = self.inputs.z.is_some();
         for lane in 0..width {
-            let row = &mut self.row.out[lane * len + t0..lane * len + t0 + steps];
+            let row = &mut out[lane * len + t0..lane * len + t0 + steps];
             for (t, o) in row.iter_mut().enumerate() {
                 let y = chunk.y[t][lane];
                 *o = if gated {
-                    y * chunk.z[t][lane].silu()
+                    y * chunk.z[t][lane].silu_on::<A>()
                 } else {
                     y
                 };
@@ -391,16 +465,16 @@ impl<T: Real> BlockJob<'_, '_, T> {
     }
 }
 
-/// Per-block constants of the step: A, fixed B or C, and D, as `[dstate][lane]` / lanes.
+/// Per-block constants of the step: A log2(e), fixed B or C, and D, as `[dstate][lane]` / lanes.
 struct StepConsts<'s, T> {
-    a: &'s [Lanes<T>],
+    a_log2: &'s [Lanes<T>],
     b_fixed: &'s [Lanes<T>],
     c_fixed: &'s [Lanes<T>],
     d_skip: &'s Lanes<T>,
 }
 
 /// One time step for all lanes:
-/// `h[k] = exp(delta' A[k]) h[k] + (delta' u) B_t[k]`, `y = sum_k C_t[k] h[k] + D u`.
+/// `h[k] = exp2(delta' A[k] log2 e) h[k] + (delta' u) B_t[k]`, `y = sum_k C_t[k] h[k] + D u`.
 #[inline(always)]
 fn scan_step<T: Real, A: Arch, const B_FIXED: bool, const C_FIXED: bool>(
     h: &mut [Lanes<T>],
@@ -416,23 +490,34 @@ fn scan_step<T: Real, A: Arch, const B_FIXED: bool, const C_FIXED: bool>(
     for l in 0..LANES {
         delta_u[l] = delta[l] * u[l];
     }
-    let b_t = &chunk.b[t * n..t * n + n];
-    let c_t = &chunk.c[t * n..t * n + n];
+    let b_t = if B_FIXED {
+        &[][..]
+    } else {
+        &chunk.b[t * n..t * n + n]
+    };
+    let c_t = if C_FIXED {
+        &[][..]
+    } else {
+        &chunk.c[t * n..t * n + n]
+    };
+    // Equal lengths let the compiler drop the bounds checks inside the loop.
+    let (h, a_log2) = (&mut h[..n], &consts.a_log2[..n]);
+    let b_fixed = if B_FIXED {
+        &consts.b_fixed[..n]
+    } else {
+        &[][..]
+    };
+    let c_fixed = if C_FIXED {
+        &consts.c_fixed[..n]
+    } else {
+        &[][..]
+    };
     for k in 0..n {
-        let a_k = &consts.a[k];
-        let h_k = &mut h[k];
+        let (h_k, a_k) = (&mut h[k], &a_log2[k]);
         for l in 0..LANES {
-            let b = if B_FIXED {
-                consts.b_fixed[k][l]
-            } else {
-                b_t[k]
-            };
-            let c = if C_FIXED {
-                consts.c_fixed[k][l]
-            } else {
-                c_t[k]
-            };
-            let decay = (delta[l] * a_k[l]).exp();
+            let b = if B_FIXED { b_fixed[k][l] } else { b_t[k] };
+            let c = if C_FIXED { c_fixed[k][l] } else { c_t[k] };
+            let decay = (delta[l] * a_k[l]).exp2_on::<A>();
             h_k[l] = T::fma::<A>(decay, h_k[l], delta_u[l] * b);
             y[l] = T::fma::<A>(c, h_k[l], y[l]);
         }

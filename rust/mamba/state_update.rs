@@ -10,9 +10,10 @@
 //!
 //! Rows run in parallel; within a row the loop over the state dimension vectorises.
 
+use super::selective_scan::{selective_scan, BcForm, ScanDims, ScanInputs};
 use crate::error::{check_len, KernelError};
+use crate::parallel;
 use crate::simd::{self, Arch, Kernel, Real};
-use rayon::prelude::*;
 
 /// Whether a per-head parameter also varies along the head dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,63 +145,105 @@ pub fn selective_state_update<T: Real>(
             &granular_dims(dims.bias_form, &[], heads, headdim),
         )?;
     }
-    if dstate == 0 {
-        out.iter_mut()
-            .zip(inputs.x)
-            .enumerate()
-            .for_each(|(row, (o, &x))| {
-                *o = finish_row(&dims, &inputs, row, T::ZERO, x);
-            });
-        return Ok(());
+    if dims.a_form == DecayForm::Full && headdim == 1 {
+        return update_as_scan(dims, inputs, state, out);
     }
     let isa = simd::isa();
-    // Rows of one (batch, head) share dt and B/C; a task takes a few heads' worth of rows.
-    let rows_per_task = (16384 / (headdim * dstate).max(1)).max(1) * headdim;
-    state
-        .par_chunks_mut(rows_per_task * dstate)
-        .zip(out.par_chunks_mut(rows_per_task))
-        .enumerate()
-        .for_each(|(task, (state, out))| {
-            let first_row = task * rows_per_task;
-            simd::dispatch_on(
-                isa,
-                RowsJob {
-                    dims,
-                    inputs,
-                    first_row,
-                    state,
-                    out,
-                },
-            );
-        });
+    // A task takes whole (batch, head) pairs, about 16k state elements' worth.
+    let head_len = headdim * dstate;
+    let heads_per_task = (16384 / head_len.max(1)).max(1);
+    let tasks = split_heads(
+        state,
+        out,
+        heads_per_task * head_len,
+        heads_per_task * headdim,
+    );
+    let tasks: Vec<_> = tasks.into_iter().enumerate().collect();
+    let work = batch * heads * head_len;
+    let update_heads = |_: &mut (), (task, (state, out)): (usize, (&mut [T], &mut [T]))| {
+        let first = task * heads_per_task;
+        simd::dispatch_on(
+            isa,
+            HeadsJob {
+                dims,
+                inputs,
+                first,
+                state,
+                out,
+            },
+        );
+    };
+    parallel::for_each_init(tasks, work, || (), update_heads);
     Ok(())
 }
 
-/// `y + D x`, gated by `silu(z)`, for the flat row index `row` of `(batch, heads, headdim)`.
-#[inline(always)]
-fn finish_row<T: Real>(
-    dims: &UpdateDims,
-    inputs: &UpdateInputs<'_, T>,
-    row: usize,
-    y: T,
-    x: T,
-) -> T {
-    let head = (row / dims.headdim) % dims.heads;
-    let p = row % dims.headdim;
-    let mut y = y;
-    if let Some(d) = inputs.d {
-        y += d[granular_index(dims.d_form, head, p, dims.headdim)] * x;
+/// Splits state and out into matching task slices (also when one of them is empty).
+fn split_heads<'o, T>(
+    state: &'o mut [T],
+    out: &'o mut [T],
+    state_step: usize,
+    out_step: usize,
+) -> Vec<(&'o mut [T], &'o mut [T])> {
+    if out_step == 0 {
+        return Vec::new();
     }
-    if let Some(z) = inputs.z {
-        y *= z[row].silu();
+    let tasks = out.len().div_ceil(out_step);
+    let (mut state, mut out) = (state, out);
+    let mut parts = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
+        let s_len = state_step.min(state.len());
+        let o_len = out_step.min(out.len());
+        let (s, rest_state) = std::mem::take(&mut state).split_at_mut(s_len);
+        let (o, rest_out) = std::mem::take(&mut out).split_at_mut(o_len);
+        state = rest_state;
+        out = rest_out;
+        parts.push((s, o));
     }
-    y
+    parts
 }
 
-struct RowsJob<'a, 'o, T> {
+/// The Mamba-1 form (`headdim = 1`, A per channel) is one step of the selective scan, whose
+/// kernel vectorises across channels; B and C `(batch, groups, dstate)` are the scan's
+/// `(batch, groups, dstate, 1)`.
+fn update_as_scan<T: Real>(
+    dims: UpdateDims,
+    inputs: UpdateInputs<'_, T>,
+    state: &mut [T],
+    out: &mut [T],
+) -> Result<(), KernelError> {
+    let previous = state.to_vec();
+    let scan_dims = ScanDims {
+        batch: dims.batch,
+        dim: dims.heads,
+        dstate: dims.dstate,
+        len: 1,
+        b_form: BcForm::Variable {
+            groups: dims.groups,
+        },
+        c_form: BcForm::Variable {
+            groups: dims.groups,
+        },
+    };
+    let scan_inputs = ScanInputs {
+        u: inputs.x,
+        delta: inputs.dt,
+        a: inputs.a,
+        b: inputs.b,
+        c: inputs.c,
+        d: inputs.d,
+        z: inputs.z,
+        delta_bias: inputs.dt_bias,
+        delta_softplus: inputs.dt_softplus,
+        initial_state: Some(&previous),
+    };
+    selective_scan(scan_dims, scan_inputs, out, state)
+}
+
+/// Whole heads `first..` (flat `batch * heads + head` indices) of the multi-head form.
+struct HeadsJob<'a, 'o, T> {
     dims: UpdateDims,
     inputs: UpdateInputs<'a, T>,
-    first_row: usize,
+    first: usize,
     state: &'o mut [T],
     out: &'o mut [T],
 }
@@ -208,52 +251,73 @@ struct RowsJob<'a, 'o, T> {
 /// Partial sums kept per lane so that the reduction over the state vectorises.
 const ACC: usize = 8;
 
-impl<T: Real> Kernel for RowsJob<'_, '_, T> {
+impl<T: Real> Kernel for HeadsJob<'_, '_, T> {
     type Output = ();
 
     #[inline(always)]
     fn run<A: Arch>(self) {
-        let dims = self.dims;
+        let UpdateDims {
+            heads,
+            headdim,
+            dstate: n,
+            groups,
+            ..
+        } = self.dims;
         let inputs = self.inputs;
-        let n = dims.dstate;
-        for (i, (h, o)) in self
-            .state
-            .chunks_mut(n)
-            .zip(self.out.iter_mut())
-            .enumerate()
-        {
-            let row = self.first_row + i;
-            let p = row % dims.headdim;
-            let head = (row / dims.headdim) % dims.heads;
-            let b = row / (dims.headdim * dims.heads);
-            let bh = b * dims.heads + head;
-            let dt_index = match dims.dt_form {
-                Granularity::PerHead => bh,
-                Granularity::PerHeadDim => bh * dims.headdim + p,
-            };
-            let mut dt = inputs.dt[dt_index];
-            if let Some(bias) = inputs.dt_bias {
-                dt += bias[granular_index(dims.bias_form, head, p, dims.headdim)];
-            }
-            if inputs.dt_softplus {
-                dt = dt.softplus();
-            }
-            let x = inputs.x[row];
-            let group = head / (dims.heads / dims.groups);
-            let bc = (b * dims.groups + group) * n;
+        let head_len = headdim * n;
+        let count = self.out.len().checked_div(headdim).unwrap_or(0);
+        for i in 0..count {
+            let bh = self.first + i;
+            let (b, head) = (bh / heads, bh % heads);
+            let bc = (b * groups + head / (heads / groups)) * n;
             let (b_vec, c_vec) = (&inputs.b[bc..bc + n], &inputs.c[bc..bc + n]);
-            let y = match dims.a_form {
-                DecayForm::PerHead => {
-                    let decay = (dt * inputs.a[head]).exp();
-                    update_row::<T, A>(h, b_vec, c_vec, dt * x, |_| decay)
-                }
-                DecayForm::Full => {
-                    let a = &inputs.a[(head * dims.headdim + p) * n..][..n];
-                    update_row::<T, A>(h, b_vec, c_vec, dt * x, |k| (dt * a[k]).exp())
-                }
-            };
-            *o = finish_row(&dims, &inputs, row, y, x);
+            for p in 0..headdim {
+                let dt = self.step_size::<A>(bh, head, p);
+                let row = bh * headdim + p;
+                let x = inputs.x[row];
+                let h = &mut self.state[i * head_len + p * n..][..n];
+                let y = match self.dims.a_form {
+                    DecayForm::PerHead => {
+                        let decay = (dt * inputs.a[head]).exp_on::<A>();
+                        update_row::<T, A>(h, b_vec, c_vec, dt * x, |_| decay)
+                    }
+                    DecayForm::Full => {
+                        let a = &inputs.a[(head * headdim + p) * n..][..n];
+                        update_row::<T, A>(h, b_vec, c_vec, dt * x, |k| (dt * a[k]).exp_on::<A>())
+                    }
+                };
+                self.out[i * headdim + p] = self.finish::<A>(head, p, row, y, x);
+            }
         }
+    }
+}
+
+impl<T: Real> HeadsJob<'_, '_, T> {
+    /// dt' = softplus(dt + dt_bias) for row (bh, p).
+    #[inline(always)]
+    fn step_size<A: Arch>(&self, bh: usize, head: usize, p: usize) -> T {
+        let (dims, inputs) = (&self.dims, &self.inputs);
+        let mut dt = inputs.dt[granular_index(dims.dt_form, bh, p, dims.headdim)];
+        if let Some(bias) = inputs.dt_bias {
+            dt += bias[granular_index(dims.bias_form, head, p, dims.headdim)];
+        }
+        if inputs.dt_softplus {
+            dt = dt.softplus_on::<A>();
+        }
+        dt
+    }
+
+    /// `(y + D x) * silu(z)`.
+    #[inline(always)]
+    fn finish<A: Arch>(&self, head: usize, p: usize, row: usize, y: T, x: T) -> T {
+        let mut y = y;
+        if let Some(d) = self.inputs.d {
+            y += d[granular_index(self.dims.d_form, head, p, self.dims.headdim)] * x;
+        }
+        if let Some(z) = self.inputs.z {
+            y *= z[row].silu_on::<A>();
+        }
+        y
     }
 }
 

@@ -1,6 +1,8 @@
 """Benchmarks: side-by-side timings of the Rust kernels against their NumPy references.
 
-``python -m seqkern.bench.ratios`` prints, for one fixed shape per kernel, the median time of
-seqkern and of the NumPy reference measured in the same run and their ratio. Each family
-registers its cases in a module ``seqkern.bench.cases_<family>`` (see :mod:`.cases`).
+``seqkern-bench`` (``python -m seqkern.bench``, see :mod:`.report`) writes the full report:
+sequence-length sweeps of the recurrent kernels against causal attention with slopes and
+crossovers, the ternary kernel against NumPy float32 matmul, and one fixed shape per kernel.
+``python -m seqkern.bench.ratios`` prints only the fixed-shape table. Each family registers its
+fixed-shape cases in a module ``seqkern.bench.cases_<family>`` (see :mod:`.cases`).
 """

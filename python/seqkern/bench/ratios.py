@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import numpy as np
 
 import seqkern
 
-from .cases import all_cases
+from .cases import Case, all_cases
 from .timing import median_seconds
 
 
@@ -32,15 +33,31 @@ def main(argv: list[str] | None = None) -> int:
     for case in all_cases():
         if args.family and case.family != args.family:
             continue
-        fast, reference = case.make(np.random.default_rng(0))
-        t_fast = median_seconds(fast, repeats=args.repeats)
-        t_ref = median_seconds(reference, repeats=max(1, args.repeats // 2), min_seconds=0.0)
+        result = measure_case(case, args.repeats)
+        t_fast, t_ref = result["seqkern_seconds"], result["numpy_seconds"]
         print(
             f"{case.kernel:<28} {case.shape:<46} {_ms(t_fast):>11} {_ms(t_ref):>11} "
             f"{t_ref / t_fast:>7.1f}x  {case.target}",
             flush=True,
         )
     return 0
+
+
+def measure_case(case: Case, repeats: int) -> dict[str, Any]:
+    """Times one case: seqkern over ``repeats`` rounds, the (slower) reference over half as
+    many; medians in seconds and their ratio."""
+    fast, reference = case.make(np.random.default_rng(0))
+    t_fast = median_seconds(fast, repeats=repeats)
+    t_ref = median_seconds(reference, repeats=max(1, repeats // 2), min_seconds=0.0)
+    return {
+        "family": case.family,
+        "kernel": case.kernel,
+        "shape": case.shape,
+        "target": case.target,
+        "seqkern_seconds": t_fast,
+        "numpy_seconds": t_ref,
+        "speedup": t_ref / t_fast,
+    }
 
 
 def _ms(seconds: float) -> str:

@@ -24,3 +24,16 @@ def median_seconds(fn: Callable[[], object], repeats: int = 7, min_seconds: floa
             fn()
         rounds.append((time.perf_counter() - start) / inner)
     return statistics.median(rounds)
+
+
+def sample_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn()``, after one untimed warm-up call unless
+    ``warmup`` is False (for calls long enough that caches and lazy set-up do not matter)."""
+    if warmup:
+        fn()
+    samples = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples

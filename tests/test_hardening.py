@@ -1,0 +1,180 @@
+"""Whole-API guarantees: calls from many threads at once, long-sequence stability, and memory
+bounded by output + state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from seqkern.attention import causal_attention
+from seqkern.mamba import selective_scan, selective_state_update
+
+# --- concurrency: each entry builds inputs from a seed and calls one kernel.
+
+
+def _scan_call(seed):
+    rng = np.random.default_rng(seed)
+    b, d, n, length = 2, 40, 16, 300
+    args = (
+        rng.standard_normal((b, d, length), np.float32),
+        rng.standard_normal((b, d, length), np.float32),
+        -np.exp(rng.standard_normal((d, n))).astype(np.float32),
+        rng.standard_normal((b, n, length), np.float32),
+        rng.standard_normal((b, n, length), np.float32),
+    )
+    return lambda: selective_scan(*args, delta_softplus=True, return_last_state=True)
+
+
+def _update_call(seed):
+    rng = np.random.default_rng(seed)
+    b, h, p, n = 2, 8, 16, 32
+    state0 = rng.standard_normal((b, h, p, n))
+    args = (
+        rng.standard_normal((b, h, p)),
+        rng.standard_normal((b, h)),
+        -np.exp(rng.standard_normal(h)),
+        rng.standard_normal((b, 1, n)),
+        rng.standard_normal((b, 1, n)),
+    )
+
+    def call():
+        state = state0.copy()  # each call owns its state: a shared state would be a data race
+        return selective_state_update(state, *args, dt_softplus=True), state
+
+    return call
+
+
+def _attention_call(seed):
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((1, 4, 200, 32), np.float32) for _ in range(3))
+    return lambda: causal_attention(q, k, v)
+
+
+CONCURRENT = {
+    "selective_scan": _scan_call,
+    "selective_state_update": _update_call,
+    "causal_attention": _attention_call,
+}
+
+
+def _flatten(result):
+    return [np.asarray(r) for r in (result if isinstance(result, tuple) else (result,))]
+
+
+@pytest.mark.parametrize("kernel", sorted(CONCURRENT))
+def test_eight_threads_return_what_serial_calls_return(kernel):
+    calls = [CONCURRENT[kernel](seed) for seed in range(8)]
+    serial = [_flatten(call()) for call in calls]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):
+            concurrent = list(pool.map(lambda call: _flatten(call()), calls))
+            for got, want in zip(concurrent, serial):
+                for g, w in zip(got, want):
+                    np.testing.assert_array_equal(g, w)
+
+
+# --- numerical stability over long sequences
+
+
+def relative_error(a, b):
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b))
+
+
+def test_selective_scan_float32_stays_close_to_float64_at_16k():
+    """mamba-130m-like parameters: A = -(1..16) per channel (S4D-real init), softplus(dt + bias)
+    with the bias of dt ~ U[1e-3, 1e-1]."""
+    rng = np.random.default_rng(0)
+    dim, dstate, length = 8, 16, 16384
+    A = -np.tile(np.arange(1, dstate + 1, dtype=np.float64), (dim, 1))
+    dt_init = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), dim))
+    bias = dt_init + np.log(-np.expm1(-dt_init))  # inverse softplus
+    args = dict(
+        u=rng.standard_normal((1, dim, length)),
+        delta=0.1 * rng.standard_normal((1, dim, length)),
+        A=A,
+        B=rng.standard_normal((1, dstate, length)),
+        C=rng.standard_normal((1, dstate, length)),
+        D=np.ones(dim),
+        z=rng.standard_normal((1, dim, length)),
+        delta_bias=bias,
+    )
+    y64, h64 = selective_scan(**args, delta_softplus=True, return_last_state=True)
+    args32 = {k: v.astype(np.float32) for k, v in args.items()}
+    y32, h32 = selective_scan(**args32, delta_softplus=True, return_last_state=True)
+    assert np.all(np.isfinite(y32)) and np.all(np.isfinite(h32))
+    assert relative_error(y32, y64) < 1e-4
+    assert relative_error(h32, h64) < 1e-4
+
+
+def test_selective_scan_nan_in_one_channel_stays_there_at_16k():
+    rng = np.random.default_rng(1)
+    dim, dstate, length = 4, 8, 16384
+    u = rng.standard_normal((1, dim, length)).astype(np.float32)
+    u[0, 2, 100] = np.nan
+    y = selective_scan(
+        u,
+        np.full_like(u, -2.0),
+        -np.ones((dim, dstate), np.float32),
+        rng.standard_normal((1, dstate, length)).astype(np.float32),
+        rng.standard_normal((1, dstate, length)).astype(np.float32),
+        delta_softplus=True,
+    )
+    assert np.all(np.isnan(y[0, 2, 100:]))
+    assert np.all(np.isfinite(np.delete(y, 2, axis=1)))
+
+
+# --- memory: extra memory is bounded by output + state, measured as peak RSS in a subprocess
+
+
+MEMORY_PROBE = textwrap.dedent(
+    """
+    import numpy as np, sys
+    {setup}
+
+    def peak_and_current():
+        fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return (int(fields["VmHWM"].split()[0]) * 1024, int(fields["VmRSS"].split()[0]) * 1024)
+
+    call()  # warm up: thread pool, code pages
+    _, before = peak_and_current()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak to the current RSS
+    result = call()
+    peak, _ = peak_and_current()
+    print(peak - before, sum(np.asarray(r).nbytes for r in result))
+    """
+)
+
+MEMORY_CASES = {
+    # dim 16, dstate 16, L 2^19: a (batch, dim, L, dstate) intermediate would be 512 MiB.
+    "selective_scan": """
+        from seqkern.mamba import selective_scan
+        b, d, n, L = 1, 16, 16, 1 << 19
+        u = np.ones((b, d, L), np.float32); A = -np.ones((d, n), np.float32)
+        B = np.ones((b, n, L), np.float32)
+        call = lambda: selective_scan(u, u, A, B, B, None, u, None, True, True)
+    """,
+}
+
+
+MEMORY_CASES["causal_attention"] = """
+    from seqkern.attention import causal_attention
+    # L 16384, D 16: the (L, L) score matrix alone would be 1 GiB.
+    q = np.ones((1, 1, 16384, 16), np.float32)
+    call = lambda: (causal_attention(q, q, q),)
+"""
+
+
+@pytest.mark.parametrize("kernel", sorted(MEMORY_CASES))
+def test_extra_memory_is_bounded_by_output_and_state(kernel):
+    code = MEMORY_PROBE.format(setup=textwrap.dedent(MEMORY_CASES[kernel]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    extra, result_bytes = map(int, done.stdout.split())
+    # Output + state, plus 16 MiB for scratch buffers and allocator slack.
+    assert extra <= result_bytes + 16 * 2**20, (extra, result_bytes)
