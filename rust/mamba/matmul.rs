@@ -9,8 +9,9 @@
 //! The tile shape is chosen per ISA (16 accumulator registers with AVX-512, 12 with AVX2).
 //!
 //! ```text
-//! C[i][j] = sum_{k < K(i)} (A[i][k] s_k) B[k][j]          (overwrite), or
-//! C[i][j] += r_i * sum_{k < K(i)} (A[i][k] s_k) B[k][j]   (accumulate with a row scale)
+//! C[i][j] = sum_{k < K(i)} (A[i][k] s_k) B[k][j]                   (overwrite), or
+//! C[i][j] = u_j C[i][j] + sum_{k < K(i)} (A[i][k] s_k) B[k][j]      (scale columns, add), or
+//! C[i][j] += r[i][j / blk] * sum_{k < K(i)} (A[i][k] s_k) B[k][j]   (scale per block, add)
 //! ```
 //! with `K(i) = K` (full) or, for a causal product, the end of the row tile of i plus an
 //! offset (A is zero beyond its diagonal, so the skipped terms are zeros).
@@ -58,10 +59,8 @@ pub enum Depth {
 pub enum Columns {
     /// All columns.
     All,
-    /// Only column tiles that start before the end of the row tile (the lower triangle; the
-    /// entries above the diagonal inside a computed tile are left as computed).
-    LowerTriangle,
-    /// Only column tiles that reach the start of the row tile (the upper triangle, likewise).
+    /// Only column tiles that reach the start of the row tile: the upper triangle (entries
+    /// below the diagonal inside a computed tile are left as computed).
     UpperTriangle,
 }
 
@@ -70,20 +69,8 @@ pub enum Columns {
 pub enum Store<'a, T> {
     /// C = A B.
     Overwrite,
-    /// C += diag(r) A B, with `r` of length M.
-    AddRowScaled(&'a [T]),
-    /// C = s C + A B.
-    ScaleAdd(T),
     /// C[i][j] = s_j C[i][j] + (A B)[i][j], with `s` of length N.
     ScaleColumnsAdd(&'a [T]),
-    /// C[i][j] = s_j P[i][j] + (A B)[i][j]: like `ScaleColumnsAdd` with the previous values
-    /// read from `P` (M x N, row-major with C's row stride) instead of C.
-    ScaleColumnsAddFrom {
-        /// s, of length N.
-        scale: &'a [T],
-        /// P.
-        previous: &'a [T],
-    },
     /// C[i][j] += r[i * ld + j / block] (A B)[i][j]: one scale per row and block of columns.
     AddGridScaled {
         /// The scales, row-major.
@@ -183,7 +170,6 @@ impl<T: Real> MatmulJob<'_, '_, T> {
             };
             let (col_start, col_end) = match p.columns {
                 Columns::All => (0, p.n),
-                Columns::LowerTriangle => (0, p.n.min(i0 + rows)),
                 Columns::UpperTriangle => (i0 / NR * NR, p.n),
             };
             // Column k of the A tile is `a_cols[k * a_step..][..MR]`: read in place when the
@@ -332,24 +318,6 @@ fn store_tile<T: Real, const MR: usize, const NR: usize>(
         let row = &mut c[start..start + at.cols];
         match store {
             Store::Overwrite => row.copy_from_slice(&acc_row[..at.cols]),
-            Store::AddRowScaled(scale) => {
-                let r = scale[at.i0 + i];
-                for (cv, &v) in row.iter_mut().zip(acc_row) {
-                    *cv += r * v;
-                }
-            }
-            Store::ScaleAdd(s) => {
-                for (cv, &v) in row.iter_mut().zip(acc_row) {
-                    *cv = s * *cv + v;
-                }
-            }
-            Store::ScaleColumnsAddFrom { scale, previous } => {
-                let scale = &scale[at.j0..at.j0 + at.cols];
-                let previous = &previous[start..start + at.cols];
-                for (((cv, &v), &s), &old) in row.iter_mut().zip(acc_row).zip(scale).zip(previous) {
-                    *cv = s * old + v;
-                }
-            }
             Store::ScaleColumnsAdd(scale) => {
                 let scale = &scale[at.j0..at.j0 + at.cols];
                 for ((cv, &v), &s) in row.iter_mut().zip(acc_row).zip(scale) {
@@ -438,24 +406,9 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() < 1e-12, "{isa:?} {m}x{n}x{k}: {g} vs {w}");
                 }
-                let mut scaled = got.clone();
-                matmul(isa, p, &mut scaled, n, Store::ScaleAdd(0.5));
-                for (s, w) in scaled.iter().zip(&want) {
-                    assert!((s - 1.5 * w).abs() < 1e-12);
-                }
                 let cols = values(n, 7);
                 let mut by_column = got.clone();
                 matmul(isa, p, &mut by_column, n, Store::ScaleColumnsAdd(&cols));
-                let previous = values(m * n, 9);
-                let mut from = vec![0.0; m * n];
-                let store = Store::ScaleColumnsAddFrom {
-                    scale: &cols,
-                    previous: &previous,
-                };
-                matmul(isa, p, &mut from, n, store);
-                for (i, (f, w)) in from.iter().zip(&want).enumerate() {
-                    assert!((f - (cols[i % n] * previous[i] + w)).abs() < 1e-12);
-                }
                 let grid = values(m * 3, 8);
                 let mut by_grid = got.clone();
                 let store = Store::AddGridScaled {
@@ -470,15 +423,6 @@ mod tests {
                         assert!((by_column[i * n + j] - (cols[j] + 1.0) * w).abs() < 1e-12);
                         let r = grid[i * 3 + j / n.div_ceil(3).max(1)];
                         assert!((by_grid[i * n + j] - (1.0 + r) * w).abs() < 1e-12);
-                    }
-                }
-                let rows = values(m, 4);
-                let mut acc = got.clone();
-                matmul(isa, p, &mut acc, n, Store::AddRowScaled(&rows));
-                for i in 0..m {
-                    for j in 0..n {
-                        let w = want[i * n + j] * (1.0 + rows[i]);
-                        assert!((acc[i * n + j] - w).abs() < 1e-12);
                     }
                 }
             }

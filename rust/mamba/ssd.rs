@@ -689,7 +689,6 @@ impl<T: Real> ChunkedShared<'_, T> {
                 ld_bc: q,
                 dt: &self.time.dt[bh * len + at.t0..][..rows],
                 cs: &self.time.cumsum[bh * len + at.t0..][..rows],
-                r0: 0,
                 m_t,
             };
             simd::dispatch_on(self.isa, decay);
@@ -914,17 +913,16 @@ fn gate_into<T: Real, A: Arch>(out: &mut [T], y: &[T], x: &[T], d: Skip<'_, T>, 
     }
 }
 
-/// Rows `r0..r1` of the masked decay matrix of one chunk and head, transposed:
-/// `M^T[j][i - r0] = (B_j . C_i) exp(cs_i - cs_j) dt'_j` for `i >= j`, 0 below the diagonal.
+/// The masked decay matrix of one chunk and head, transposed:
+/// `M^T[j][i] = (B_j . C_i) exp(cs_i - cs_j) dt'_j` for `i >= j`, 0 below the diagonal.
 struct DecayJob<'a, 'o, T> {
     /// Rows of `B C^T`, `ld_bc` apart.
     bc: &'a [T],
     ld_bc: usize,
-    /// dt' and cumsum of the chunk's first r1 steps.
+    /// dt' and cumsum of the chunk's steps.
     dt: &'a [T],
     cs: &'a [T],
-    r0: usize,
-    /// `(r1, r1 - r0)`.
+    /// `(rows, rows)`.
     m_t: &'o mut [T],
 }
 
@@ -933,16 +931,13 @@ impl<T: Real> Kernel for DecayJob<'_, '_, T> {
 
     #[inline(always)]
     fn run<A: Arch>(self) {
-        let r1 = self.cs.len();
-        let rows = r1 - self.r0;
+        let rows = self.cs.len();
         for (j, row) in self.m_t.chunks_exact_mut(rows).enumerate() {
             let (cs_j, dt_j) = (self.cs[j], self.dt[j]);
-            // Columns i = r0 + ii with i >= j are in the lower triangle of M.
-            let first = j.max(self.r0);
-            let bc_row = &self.bc[j * self.ld_bc..][first..r1];
-            let (zeros, lower) = row.split_at_mut(first - self.r0);
+            let bc_row = &self.bc[j * self.ld_bc..][j..rows];
+            let (zeros, lower) = row.split_at_mut(j);
             zeros.fill(T::ZERO);
-            for ((m, &bc), &cs_i) in lower.iter_mut().zip(bc_row).zip(&self.cs[first..]) {
+            for ((m, &bc), &cs_i) in lower.iter_mut().zip(bc_row).zip(&self.cs[j..]) {
                 *m = bc * (cs_i - cs_j).exp() * dt_j;
             }
         }
