@@ -225,20 +225,13 @@ pub fn ssd_scan_sequential<T: Real>(
             };
             simd::dispatch_on(isa, job);
         });
-    finish(isa, &dims, &inputs, p, &y, out);
+    finish(isa, &dims, &inputs, &y, out);
     Ok(())
 }
 
-/// Scatters `y`, laid out as (batch, head, channel block of `width`, L, channels), into `out`
-/// `(batch, L, heads, headdim)` and applies `out = (y + D x) * silu(z)`.
-fn finish<T: Real>(
-    isa: Isa,
-    dims: &SsdDims,
-    inputs: &SsdInputs<'_, T>,
-    width: usize,
-    y: &[T],
-    out: &mut [T],
-) {
+/// Scatters `y` `(batch, heads, L, headdim)` into `out` `(batch, L, heads, headdim)` and
+/// applies `out = (y + D x) * silu(z)`.
+fn finish<T: Real>(isa: Isa, dims: &SsdDims, inputs: &SsdInputs<'_, T>, y: &[T], out: &mut [T]) {
     let (len, p) = (dims.len, dims.headdim);
     out.par_chunks_mut(FINISH_ROWS * dims.heads * p)
         .enumerate()
@@ -247,11 +240,8 @@ fn finish<T: Real>(
             for (r, row) in rows.chunks_exact_mut(dims.heads * p).enumerate() {
                 let (b, t) = ((first + r) / len, (first + r) % len);
                 for (h, y_out) in row.chunks_exact_mut(p).enumerate() {
-                    let head = (b * dims.heads + h) * len * p;
-                    for (block, part) in y_out.chunks_mut(width).enumerate() {
-                        let start = head + block * width * len + t * part.len();
-                        part.copy_from_slice(&y[start..start + part.len()]);
-                    }
+                    let start = ((b * dims.heads + h) * len + t) * p;
+                    y_out.copy_from_slice(&y[start..start + p]);
                 }
             }
             simd::dispatch_on(
