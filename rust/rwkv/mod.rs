@@ -23,6 +23,12 @@ pub const LANES: usize = 16;
 /// One block of [`LANES`] values.
 pub(crate) type Lanes<T> = [T; LANES];
 
+/// One row of a state tile (`TB` lane blocks), aligned to a cache line so that its vector
+/// loads and stores never straddle two lines (a 1.3x difference for wkv6).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub(crate) struct StateRow<T, const TB: usize>(pub(crate) [Lanes<T>; TB]);
+
 /// An output array that parallel tasks fill, each writing its own set of index ranges.
 ///
 /// The RWKV outputs are `(B, T, H, N)`, so one task's rows (one head, every t) are interleaved
@@ -219,16 +225,16 @@ pub(crate) fn load_state_tile<T: Real, const TB: usize>(
     dims: &HeadDims,
     tile: &ColumnTile,
     initial: Option<&[T]>,
-) -> Vec<[Lanes<T>; TB]> {
+) -> Vec<StateRow<T, TB>> {
     let n = dims.head_size;
     match initial {
-        None => vec![[[T::ZERO; LANES]; TB]; n],
+        None => vec![StateRow([[T::ZERO; LANES]; TB]); n],
         Some(initial) => {
             let head = (tile.batch * dims.heads + tile.head) * n * n;
             (0..n)
                 .map(|i| {
                     let start = head + i * n + tile.start;
-                    load_tile::<T, TB>(&initial[start..start + tile.width])
+                    StateRow(load_tile::<T, TB>(&initial[start..start + tile.width]))
                 })
                 .collect()
         }
@@ -243,13 +249,13 @@ pub(crate) fn load_state_tile<T: Real, const TB: usize>(
 pub(crate) unsafe fn store_state_tile<T: Real, const TB: usize>(
     dims: &HeadDims,
     tile: &ColumnTile,
-    state: &[[Lanes<T>; TB]],
+    state: &[StateRow<T, TB>],
     out: &DisjointOutput<'_, T>,
 ) {
     let n = dims.head_size;
     let head = (tile.batch * dims.heads + tile.head) * n * n;
     for (i, row) in state.iter().enumerate() {
         // SAFETY: forwarded from the caller.
-        unsafe { store_tile(out, head + i * n + tile.start, tile.width, row) };
+        unsafe { store_tile(out, head + i * n + tile.start, tile.width, &row.0) };
     }
 }

@@ -14,7 +14,7 @@
 
 use super::{
     column_tiles, load_state_tile, load_tile, max_tile_blocks, prefetch, store_state_tile,
-    store_tile, ColumnTile, DisjointOutput, HeadDims, Lanes, LANES, PREFETCH_AHEAD,
+    store_tile, ColumnTile, DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
 };
 use crate::error::{check_len, KernelError};
 use crate::simd::math::ExpFma;
@@ -179,7 +179,7 @@ impl<T: ExpFma> TileJob<'_, '_, T> {
 /// `bonus` is r . (u k).
 #[inline(always)]
 fn step<T: Real, A: Arch, const TB: usize>(
-    state: &mut [[Lanes<T>; TB]],
+    state: &mut [StateRow<T, TB>],
     x: &StepVectors<'_, T>,
     bonus: T,
     v: &[Lanes<T>; TB],
@@ -187,7 +187,7 @@ fn step<T: Real, A: Arch, const TB: usize>(
     // TB independent accumulator chains per lane, kept in registers.
     let mut y = v.map(|v| v.map(|v| bonus * v));
     for (s_row, ((&r_i, &k_i), &d_i)) in state.iter_mut().zip(x.r.iter().zip(x.k).zip(x.decay)) {
-        for (s_block, (y, v)) in s_row.iter_mut().zip(y.iter_mut().zip(v)) {
+        for (s_block, (y, v)) in s_row.0.iter_mut().zip(y.iter_mut().zip(v)) {
             let mut s = *s_block;
             for l in 0..LANES {
                 y[l] = T::fma::<A>(r_i, s[l], y[l]);

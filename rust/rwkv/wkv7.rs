@@ -15,7 +15,7 @@
 
 use super::{
     column_tiles, load_state_tile, load_tile, max_tile_blocks, prefetch, store_state_tile,
-    store_tile, ColumnTile, DisjointOutput, HeadDims, Lanes, LANES, PREFETCH_AHEAD,
+    store_tile, ColumnTile, DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
 };
 use crate::error::{check_len, KernelError};
 use crate::simd::math::ExpFma;
@@ -130,7 +130,7 @@ impl<T: ExpFma> TileJob<'_, '_, T> {
         if dims.len > 0 {
             let a = &x.a[dims.token_offset(tile.batch, 0, tile.head)..][..n];
             for (s_row, &a_i) in state.iter().zip(a) {
-                accumulate::<T, A, TB>(&mut sa, a_i, s_row);
+                accumulate::<T, A, TB>(&mut sa, a_i, &s_row.0);
             }
         }
         for t in 0..dims.len {
@@ -176,7 +176,7 @@ impl<T: ExpFma> TileJob<'_, '_, T> {
 /// then returns y_j / scale = sum_i r_i S_ij and replaces `sa` by a_{t+1} S_t.
 #[inline(always)]
 fn step<T: Real, A: Arch, const TB: usize>(
-    state: &mut [[Lanes<T>; TB]],
+    state: &mut [StateRow<T, TB>],
     x: &StepVectors<'_, T>,
     sa: &mut [Lanes<T>; TB],
     v: &[Lanes<T>; TB],
@@ -193,7 +193,7 @@ fn step<T: Real, A: Arch, const TB: usize>(
     for (s_row, (((&d_i, &b_i), (&k_i, &r_i)), &a_next_i)) in state.iter_mut().zip(coefficients) {
         let accumulators = y.iter_mut().zip(sa_next.iter_mut());
         for ((s_block, (sa, v)), (y, sa_next)) in
-            s_row.iter_mut().zip(sa.iter().zip(v)).zip(accumulators)
+            s_row.0.iter_mut().zip(sa.iter().zip(v)).zip(accumulators)
         {
             let mut s = *s_block;
             for l in 0..LANES {
