@@ -13,8 +13,8 @@
 //! a state row with whole-register operations, accumulating y in registers.
 
 use super::{
-    column_tiles, load_state_tile, load_tile, max_tile_blocks, prefetch, store_state_tile,
-    store_tile, ColumnTile, DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
+    column_tiles, load_state_tile, load_tile, prefetch, store_state_tile, store_tile, ColumnTile,
+    DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
 };
 use crate::error::{check_len, KernelError};
 use crate::simd::math::ExpFma;
@@ -62,7 +62,7 @@ pub fn wkv6<T: ExpFma>(
     let isa = simd::isa();
     let y = DisjointOutput::new(y);
     let state_out = DisjointOutput::new(state_out);
-    let tiles = column_tiles(&dims, max_tile_blocks::<T>());
+    let tiles = column_tiles::<T>(&dims, rayon::current_num_threads());
     tiles.into_par_iter().for_each(|tile| {
         let job = TileJob {
             dims,
@@ -123,54 +123,71 @@ struct StepVectors<'s, T> {
 }
 
 impl<T: ExpFma> TileJob<'_, '_, T> {
-    /// Runs every step for a tile of `TB` lane blocks and stores the final state.
+    /// Runs every step for a tile of `TB` lane blocks of each head of the group, and stores
+    /// the final states.
     #[inline(always)]
     fn scan<A: Arch, const TB: usize>(self) {
         let (dims, tile, x) = (self.dims, self.tile, self.inputs);
         let n = dims.head_size;
-        let head = tile.head * n..(tile.head + 1) * n;
-        let u = &x.u[head.clone()];
-        let mut state = load_state_tile::<T, TB>(&dims, &tile, x.state);
-        let mut decay = vec![T::ZERO; n];
+        let heads = tile.head..tile.head + tile.heads;
+        let mut states: Vec<_> = heads
+            .clone()
+            .map(|h| load_state_tile::<T, TB>(&dims, &tile, h, x.state))
+            .collect();
+        // d = exp(w) of the group's heads, `[head][i]`: once for RWKV-5, per step for RWKV-6.
+        let mut decay = vec![T::ZERO; tile.heads * n];
         if let LogDecay::PerHead(w) = x.w {
-            for (d, &w) in decay.iter_mut().zip(&w[head]) {
-                *d = w.exp_fma::<A>();
-            }
+            exp_into::<T, A>(&mut decay, &w[heads.start * n..heads.end * n]);
         }
         for t in 0..dims.len {
+            // The group's rows of step t are contiguous in every (B, T, H, N) input.
             let base = dims.token_offset(tile.batch, t, tile.head);
-            let token = base..base + n;
+            let group = base..base + tile.heads * n;
             if t + PREFETCH_AHEAD < dims.len {
                 let ahead = dims.token_offset(tile.batch, t + PREFETCH_AHEAD, tile.head);
+                let ahead = ahead..ahead + tile.heads * n;
                 for input in [x.r, x.k, x.v] {
-                    prefetch(&input[ahead..ahead + n]);
+                    prefetch(&input[ahead.clone()]);
                 }
                 if let LogDecay::PerToken(w) = x.w {
-                    prefetch(&w[ahead..ahead + n]);
+                    prefetch(&w[ahead]);
                 }
             }
             if let LogDecay::PerToken(w) = x.w {
-                for (d, &w) in decay.iter_mut().zip(&w[token.clone()]) {
-                    *d = w.exp_fma::<A>();
+                exp_into::<T, A>(&mut decay, &w[group]);
+            }
+            for (g, state) in states.iter_mut().enumerate() {
+                let token = base + g * n..base + (g + 1) * n;
+                let (r, k) = (&x.r[token.clone()], &x.k[token.clone()]);
+                let u = &x.u[(tile.head + g) * n..][..n];
+                let columns = token.start + tile.start..token.start + tile.start + tile.width;
+                let v = load_tile::<T, TB>(&x.v[columns.clone()]);
+                let vectors = StepVectors {
+                    r,
+                    k,
+                    decay: &decay[g * n..(g + 1) * n],
+                };
+                let mut y = step::<T, A, TB>(state, &vectors, dot3::<T, A>(r, u, k), &v);
+                for lane in y.as_flattened_mut() {
+                    *lane *= x.scale;
                 }
+                // SAFETY: this task is the only one writing these columns of this head of
+                // batch row `batch` (the tasks are distinct tiles).
+                unsafe { store_tile(self.y, columns.start, tile.width, &y) };
             }
-            let (r, k) = (&x.r[token.clone()], &x.k[token]);
-            let v = load_tile::<T, TB>(&x.v[base + tile.start..base + tile.start + tile.width]);
-            let vectors = StepVectors {
-                r,
-                k,
-                decay: &decay,
-            };
-            let mut y = step::<T, A, TB>(&mut state, &vectors, dot3::<T, A>(r, u, k), &v);
-            for lane in y.as_flattened_mut() {
-                *lane *= x.scale;
-            }
-            // SAFETY: this task is the only one writing columns start..start + width of head
-            // `head` of batch row `batch` (the tasks are distinct tiles).
-            unsafe { store_tile(self.y, base + tile.start, tile.width, &y) };
         }
-        // SAFETY: as above, for this tile's columns of the head's state.
-        unsafe { store_state_tile(&dims, &tile, &state, self.state_out) };
+        for (h, state) in heads.zip(&states) {
+            // SAFETY: as above, for this tile's columns of the head's state.
+            unsafe { store_state_tile(&dims, &tile, h, state, self.state_out) };
+        }
+    }
+}
+
+/// `decay[i] = exp(w[i])`.
+#[inline(always)]
+fn exp_into<T: ExpFma, A: Arch>(decay: &mut [T], w: &[T]) {
+    for (d, &w) in decay.iter_mut().zip(w) {
+        *d = w.exp_fma::<A>();
     }
 }
 

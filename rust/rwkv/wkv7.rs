@@ -14,8 +14,8 @@
 //! with the same accumulation, so splitting a sequence across calls changes no bit.
 
 use super::{
-    column_tiles, load_state_tile, load_tile, max_tile_blocks, prefetch, store_state_tile,
-    store_tile, ColumnTile, DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
+    column_tiles, load_state_tile, load_tile, prefetch, store_state_tile, store_tile, ColumnTile,
+    DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
 };
 use crate::error::{check_len, KernelError};
 use crate::simd::math::ExpFma;
@@ -69,7 +69,7 @@ pub fn wkv7<T: ExpFma>(
     let isa = simd::isa();
     let y = DisjointOutput::new(y);
     let state_out = DisjointOutput::new(state_out);
-    let tiles = column_tiles(&dims, max_tile_blocks::<T>());
+    let tiles = column_tiles::<T>(&dims, rayon::current_num_threads());
     tiles.into_par_iter().for_each(|tile| {
         let job = TileJob {
             dims,
@@ -118,57 +118,71 @@ struct StepVectors<'s, T> {
 }
 
 impl<T: ExpFma> TileJob<'_, '_, T> {
-    /// Runs every step for a tile of `TB` lane blocks and stores the final state.
+    /// Runs every step for a tile of `TB` lane blocks of each head of the group, and stores
+    /// the final states.
     #[inline(always)]
     fn scan<A: Arch, const TB: usize>(self) {
         let (dims, tile, x) = (self.dims, self.tile, self.inputs);
         let n = dims.head_size;
-        let mut state = load_state_tile::<T, TB>(&dims, &tile, x.state);
-        let mut decay = vec![T::ZERO; n];
-        let zeros = vec![T::ZERO; n];
-        let mut sa = [[T::ZERO; LANES]; TB];
+        let heads = tile.head..tile.head + tile.heads;
+        let mut states: Vec<_> = heads
+            .clone()
+            .map(|h| load_state_tile::<T, TB>(&dims, &tile, h, x.state))
+            .collect();
+        // sa = a_t S_{t-1} per head, starting with a_1 S_0.
+        let mut sa = vec![[[T::ZERO; LANES]; TB]; tile.heads];
         if dims.len > 0 {
-            let a = &x.a[dims.token_offset(tile.batch, 0, tile.head)..][..n];
-            for (s_row, &a_i) in state.iter().zip(a) {
-                accumulate::<T, A, TB>(&mut sa, a_i, &s_row.0);
+            let first = dims.token_offset(tile.batch, 0, tile.head);
+            for (g, (state, sa)) in states.iter().zip(&mut sa).enumerate() {
+                let a = &x.a[first + g * n..first + (g + 1) * n];
+                for (s_row, &a_i) in state.iter().zip(a) {
+                    accumulate::<T, A, TB>(sa, a_i, &s_row.0);
+                }
             }
         }
+        let mut decay = vec![T::ZERO; tile.heads * n];
+        let zeros = vec![T::ZERO; n];
         for t in 0..dims.len {
+            // The group's rows of step t are contiguous in every (B, T, H, N) input.
             let base = dims.token_offset(tile.batch, t, tile.head);
-            let token = base..base + n;
             if t + PREFETCH_AHEAD < dims.len {
                 let ahead = dims.token_offset(tile.batch, t + PREFETCH_AHEAD, tile.head);
                 for input in [x.w, x.b, x.k, x.r, x.a, x.v] {
-                    prefetch(&input[ahead..ahead + n]);
+                    prefetch(&input[ahead..ahead + tile.heads * n]);
                 }
             }
-            for (d, &w) in decay.iter_mut().zip(&x.w[token.clone()]) {
+            for (d, &w) in decay.iter_mut().zip(&x.w[base..base + tile.heads * n]) {
                 *d = w.exp_fma::<A>();
             }
-            let a_next = if t + 1 < dims.len {
-                &x.a[base + dims.heads * n..][..n]
-            } else {
-                &zeros
-            };
-            let vectors = StepVectors {
-                decay: &decay,
-                b: &x.b[token.clone()],
-                k: &x.k[token.clone()],
-                r: &x.r[token],
-                a_next,
-            };
-            let columns = base + tile.start..base + tile.start + tile.width;
-            let v = load_tile::<T, TB>(&x.v[columns]);
-            let mut y = step::<T, A, TB>(&mut state, &vectors, &mut sa, &v);
-            for lane in y.as_flattened_mut() {
-                *lane *= x.scale;
+            for (g, (state, sa)) in states.iter_mut().zip(&mut sa).enumerate() {
+                let token = base + g * n..base + (g + 1) * n;
+                let a_next = if t + 1 < dims.len {
+                    &x.a[token.start + dims.heads * n..token.end + dims.heads * n]
+                } else {
+                    &zeros
+                };
+                let vectors = StepVectors {
+                    decay: &decay[g * n..(g + 1) * n],
+                    b: &x.b[token.clone()],
+                    k: &x.k[token.clone()],
+                    r: &x.r[token.clone()],
+                    a_next,
+                };
+                let columns = token.start + tile.start..token.start + tile.start + tile.width;
+                let v = load_tile::<T, TB>(&x.v[columns.clone()]);
+                let mut y = step::<T, A, TB>(state, &vectors, sa, &v);
+                for lane in y.as_flattened_mut() {
+                    *lane *= x.scale;
+                }
+                // SAFETY: this task is the only one writing these columns of this head of
+                // batch row `batch` (the tasks are distinct tiles).
+                unsafe { store_tile(self.y, columns.start, tile.width, &y) };
             }
-            // SAFETY: this task is the only one writing columns start..start + width of head
-            // `head` of batch row `batch` (the tasks are distinct tiles).
-            unsafe { store_tile(self.y, base + tile.start, tile.width, &y) };
         }
-        // SAFETY: as above, for this tile's columns of the head's state.
-        unsafe { store_state_tile(&dims, &tile, &state, self.state_out) };
+        for (h, state) in heads.zip(&states) {
+            // SAFETY: as above, for this tile's columns of the head's state.
+            unsafe { store_state_tile(&dims, &tile, h, state, self.state_out) };
+        }
     }
 }
 
