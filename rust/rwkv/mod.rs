@@ -6,8 +6,10 @@
 //!
 //! In that orientation every value column j of a head's state evolves on its own: the decay,
 //! r, k, a and b act on the key index i, and v_j, y_j, sa_j only touch column j. The matrix
-//! kernels therefore vectorise across j, with no horizontal reduction in the hot loop, and
-//! split each head's columns into tiles that run as independent parallel tasks.
+//! kernels therefore vectorise across j, with no horizontal reduction in the hot loop: the
+//! loop over i broadcasts the i-indexed scalars and updates a state row with whole-register
+//! operations. The parallel tasks are tiles of value columns of a group of consecutive heads
+//! (see `column_tiles`); each task keeps its state tiles in cache for the whole sequence.
 
 pub mod wkv4;
 pub mod wkv6;
