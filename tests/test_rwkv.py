@@ -253,6 +253,22 @@ def test_wkv7_delta_rule_writes_v_at_kk(n, rng):
     np.testing.assert_allclose(y, v, atol=1e-12)  # r = kk reads the value just written
 
 
+def test_wkv7_matches_rwkv_lm_orientation(rng):
+    # RWKV-LM's CPU loop keeps S as (V, K): sa_i = sum_j a_j S_ij,
+    # S_ij = S_ij d_j + v_i k_j + sa_i b_j, y_i = sum_j S_ij r_j. Ours is its transpose.
+    r, w, k, v, a, b, state = wkv7_inputs(rng, 1, 12, 2, 8, state=True)
+    S = state[0].swapaxes(-1, -2).copy()  # (H, V, K)
+    y_lm = np.empty_like(r)
+    for t in range(r.shape[1]):
+        rt, dt, kt, vt, at, bt = (x[0, t] for x in (r, np.exp(w), k, v, a, b))
+        sa = np.einsum("hij,hj->hi", S, at)
+        S = S * dt[:, None, :] + vt[:, :, None] * kt[:, None, :] + sa[:, :, None] * bt[:, None, :]
+        y_lm[0, t] = np.einsum("hij,hj->hi", S, rt)
+    y, final = rwkv.wkv7(r, w, k, v, a, b, state)
+    _close64(y, y_lm)
+    _close64(final[0], S.swapaxes(-1, -2))
+
+
 # ------------------------------------------------------------------------- state passing
 
 
