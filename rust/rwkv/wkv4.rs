@@ -175,8 +175,8 @@ impl<T: Real> BlockJob<'_, '_, T> {
 }
 
 /// `(exp(x - q), exp(z - q))` with `q = max(x, z)`, from `gap = x - z`: one of the two is
-/// exp(0) = 1 and the other exp(min - max) = exp(-|gap|), so one exp suffices (and the result
-/// is bit-identical to the four-exp form).
+/// exp(0) = 1 and the other exp(min - max) = exp(-|gap|), so one exp suffices, with the same
+/// values as two (the exp gives exactly 1 at 0, and min - max = min(gap, -gap) exactly).
 #[inline(always)]
 fn split_weights<T: ExpFma, A: Arch>(gap: T) -> (T, T) {
     let weight = gap.min_nan(-gap).exp_fma::<A>();

@@ -8,9 +8,9 @@
 //! ```
 //!
 //! RWKV-5 has one log-decay per head channel, `(H, N)`; RWKV-6 one per token, `(B, T, H, N)`.
-//! Each task owns a tile of value columns of one head (see the parent module) and keeps that
-//! tile of the state in L1; the loop over the key index i broadcasts r_i, k_i, d_i and updates
-//! a state row with whole-register operations, accumulating y in registers.
+//! Each task owns a tile of value columns of a group of heads (see the parent module) and
+//! keeps those tiles of the state in cache; the loop over the key index i broadcasts r_i, k_i,
+//! d_i and updates a state row with whole-register operations, accumulating y in registers.
 
 use super::{
     column_tiles, load_state_tile, load_tile, prefetch, store_state_tile, store_tile, ColumnTile,
@@ -219,7 +219,7 @@ fn step<T: Real, A: Arch, const TB: usize>(
 /// sum_i a_i b_i c_i with [`LANES`] partial sums (a fixed order, so it vectorises and stays
 /// deterministic).
 #[inline(always)]
-pub(crate) fn dot3<T: Real, A: Arch>(a: &[T], b: &[T], c: &[T]) -> T {
+fn dot3<T: Real, A: Arch>(a: &[T], b: &[T], c: &[T]) -> T {
     let mut partial = [T::ZERO; LANES];
     let chunks = a.chunks(LANES).zip(b.chunks(LANES)).zip(c.chunks(LANES));
     for ((a, b), c) in chunks {

@@ -7,9 +7,9 @@
 //! y_t = (scale r_t) S_t                            y_j = scale sum_i r_i S_ij
 //! ```
 //!
-//! RWKV-7 passes a = -kk, b = kk * alpha. Each task owns a tile of value columns of one head
-//! (see the parent module). One pass over the tile per step updates each state row and, from
-//! the updated row, accumulates both y_t and the next step's sa_{t+1} = a_{t+1} S_t, so the
+//! RWKV-7 passes a = -kk, b = kk * alpha. Each task owns a tile of value columns of a group of
+//! heads (see the parent module). One pass over the tile per step updates each state row and,
+//! from the updated row, accumulates both y_t and the next step's sa_{t+1} = a_{t+1} S_t, so the
 //! state is read and written once per step; sa_1 = a_1 S_0 is computed before the first step
 //! with the same accumulation, so splitting a sequence across calls changes no bit.
 
