@@ -8,6 +8,7 @@
 
 mod attention;
 mod mamba;
+mod rwkv;
 
 use crate::error::KernelError;
 use crate::{parallel, simd};
@@ -31,6 +32,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     mamba::register(m)?;
     attention::register(m)?;
+    rwkv::register(m)?;
     Ok(())
 }
 
