@@ -54,7 +54,7 @@ def _first_tokens(name: str, value: Any) -> tuple[np.ndarray, np.dtype]:
     array = ck.as_array(name, value)
     dtype = ck.float_dtype(name, array)
     ck.check_ndim(name, array, [_TOKENS])
-    return np.ascontiguousarray(array), dtype
+    return ck.contiguous(name, array), dtype
 
 
 def _state(value: Any, dtype: np.dtype, like: str, dims, sizes) -> Optional[np.ndarray]:
@@ -91,7 +91,7 @@ def wkv4(
     return _WKV4[dtype](
         ck.float_input("w", w, dtype, "k", *per_channel),
         ck.float_input("u", u, dtype, "k", *per_channel),
-        np.ascontiguousarray(k),
+        ck.contiguous("k", k),
         ck.float_input("v", v, dtype, "k", ("B", "T", "C"), k.shape),
         _state(state, dtype, "k", ("B", "3", "C"), (batch, 3, channels)),
     )
