@@ -6,7 +6,7 @@ use crate::rwkv::wkv4::{wkv4, Wkv4Dims, Wkv4Inputs};
 use crate::rwkv::wkv6::{wkv6, LogDecay, Wkv6Inputs};
 use crate::rwkv::wkv7::{wkv7, Wkv7Inputs};
 use crate::rwkv::HeadDims;
-use crate::simd::math::ExpFma;
+use crate::simd::Real;
 use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -52,7 +52,7 @@ fn run_with_outputs<'py, T, F>(
     kernel: F,
 ) -> PyResult<Output<'py, T>>
 where
-    T: ExpFma + Element,
+    T: Real + Element,
     F: FnOnce(&mut [T], &mut [T]) -> Result<(), crate::KernelError> + Send,
 {
     let y_len = checked_product("y", y_shape)?;
@@ -66,7 +66,7 @@ where
     Ok((to_numpy(py, y_shape, y)?, to_numpy(py, state_shape, state)?))
 }
 
-fn wkv4_generic<'py, T: ExpFma + Element>(
+fn wkv4_generic<'py, T: Real + Element>(
     py: Python<'py>,
     w: Array<'py, T>,
     u: Array<'py, T>,
@@ -93,7 +93,7 @@ fn wkv4_generic<'py, T: ExpFma + Element>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn wkv6_generic<'py, T: ExpFma + Element>(
+fn wkv6_generic<'py, T: Real + Element>(
     py: Python<'py>,
     r: Array<'py, T>,
     k: Array<'py, T>,
@@ -125,7 +125,7 @@ fn wkv6_generic<'py, T: ExpFma + Element>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn wkv7_generic<'py, T: ExpFma + Element>(
+fn wkv7_generic<'py, T: Real + Element>(
     py: Python<'py>,
     r: Array<'py, T>,
     w: Array<'py, T>,

@@ -19,7 +19,6 @@
 
 use super::{prefetch, DisjointOutput, PREFETCH_AHEAD};
 use crate::error::{check_len, KernelError};
-use crate::simd::math::ExpFma;
 use crate::simd::{self, Arch, Kernel, Real};
 use rayon::prelude::*;
 
@@ -50,7 +49,7 @@ pub struct Wkv4Inputs<'a, T> {
 }
 
 /// Runs the recurrence. `y` is `(B, T, C)` and `state_out` `(B, 3, C)`; both are overwritten.
-pub fn wkv4<T: ExpFma>(
+pub fn wkv4<T: Real>(
     dims: Wkv4Dims,
     inputs: Wkv4Inputs<'_, T>,
     y: &mut [T],
@@ -110,7 +109,7 @@ struct State<T> {
     pp: Block<T>,
 }
 
-impl<T: ExpFma> Kernel for BlockJob<'_, '_, T> {
+impl<T: Real> Kernel for BlockJob<'_, '_, T> {
     type Output = ();
 
     #[inline(always)]
@@ -178,8 +177,8 @@ impl<T: Real> BlockJob<'_, '_, T> {
 /// exp(0) = 1 and the other exp(min - max) = exp(-|gap|), so one exp suffices, with the same
 /// values as two (the exp gives exactly 1 at 0, and min - max = min(gap, -gap) exactly).
 #[inline(always)]
-fn split_weights<T: ExpFma, A: Arch>(gap: T) -> (T, T) {
-    let weight = gap.min_nan(-gap).exp_fma::<A>();
+fn split_weights<T: Real, A: Arch>(gap: T) -> (T, T) {
+    let weight = gap.min_nan(-gap).exp_on::<A>();
     if gap < T::ZERO {
         (weight, T::ONE)
     } else {

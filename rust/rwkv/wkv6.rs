@@ -17,7 +17,6 @@ use super::{
     DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
 };
 use crate::error::{check_len, KernelError};
-use crate::simd::math::ExpFma;
 use crate::simd::{self, Arch, Kernel, Real};
 use rayon::prelude::*;
 
@@ -51,7 +50,7 @@ pub struct Wkv6Inputs<'a, T> {
 
 /// Runs the recurrence. `y` is `(B, T, H, N)` and `state_out` `(B, H, N, N)`; both are
 /// overwritten.
-pub fn wkv6<T: ExpFma>(
+pub fn wkv6<T: Real>(
     dims: HeadDims,
     inputs: Wkv6Inputs<'_, T>,
     y: &mut [T],
@@ -100,7 +99,7 @@ struct TileJob<'a, 'o, T> {
     state_out: &'o DisjointOutput<'o, T>,
 }
 
-impl<T: ExpFma> Kernel for TileJob<'_, '_, T> {
+impl<T: Real> Kernel for TileJob<'_, '_, T> {
     type Output = ();
 
     #[inline(always)]
@@ -122,7 +121,7 @@ struct StepVectors<'s, T> {
     decay: &'s [T],
 }
 
-impl<T: ExpFma> TileJob<'_, '_, T> {
+impl<T: Real> TileJob<'_, '_, T> {
     /// Runs every step for a tile of `TB` lane blocks of each head of the group, and stores
     /// the final states.
     #[inline(always)]
@@ -185,9 +184,9 @@ impl<T: ExpFma> TileJob<'_, '_, T> {
 
 /// `decay[i] = exp(w[i])`.
 #[inline(always)]
-fn exp_into<T: ExpFma, A: Arch>(decay: &mut [T], w: &[T]) {
+fn exp_into<T: Real, A: Arch>(decay: &mut [T], w: &[T]) {
     for (d, &w) in decay.iter_mut().zip(w) {
-        *d = w.exp_fma::<A>();
+        *d = w.exp_on::<A>();
     }
 }
 

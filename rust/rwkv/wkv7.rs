@@ -18,7 +18,6 @@ use super::{
     DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
 };
 use crate::error::{check_len, KernelError};
-use crate::simd::math::ExpFma;
 use crate::simd::{self, Arch, Kernel, Real};
 use rayon::prelude::*;
 
@@ -45,7 +44,7 @@ pub struct Wkv7Inputs<'a, T> {
 
 /// Runs the recurrence. `y` is `(B, T, H, N)` and `state_out` `(B, H, N, N)`; both are
 /// overwritten.
-pub fn wkv7<T: ExpFma>(
+pub fn wkv7<T: Real>(
     dims: HeadDims,
     inputs: Wkv7Inputs<'_, T>,
     y: &mut [T],
@@ -92,7 +91,7 @@ struct TileJob<'a, 'o, T> {
     state_out: &'o DisjointOutput<'o, T>,
 }
 
-impl<T: ExpFma> Kernel for TileJob<'_, '_, T> {
+impl<T: Real> Kernel for TileJob<'_, '_, T> {
     type Output = ();
 
     #[inline(always)]
@@ -117,7 +116,7 @@ struct StepVectors<'s, T> {
     a_next: &'s [T],
 }
 
-impl<T: ExpFma> TileJob<'_, '_, T> {
+impl<T: Real> TileJob<'_, '_, T> {
     /// Runs every step for a tile of `TB` lane blocks of each head of the group, and stores
     /// the final states.
     #[inline(always)]
@@ -152,7 +151,7 @@ impl<T: ExpFma> TileJob<'_, '_, T> {
                 }
             }
             for (d, &w) in decay.iter_mut().zip(&x.w[base..base + tile.heads * n]) {
-                *d = w.exp_fma::<A>();
+                *d = w.exp_on::<A>();
             }
             for (g, (state, sa)) in states.iter_mut().zip(&mut sa).enumerate() {
                 let token = base + g * n..base + (g + 1) * n;
