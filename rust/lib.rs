@@ -7,6 +7,7 @@ pub mod attention;
 pub mod error;
 pub mod mamba;
 pub mod parallel;
+pub mod rwkv;
 pub mod simd;
 
 #[cfg(feature = "python")]

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from seqkern import rwkv
 from seqkern.attention import causal_attention
 from seqkern.mamba import selective_scan, selective_state_update
 
@@ -55,7 +56,24 @@ def _attention_call(seed):
     return lambda: causal_attention(q, k, v)
 
 
+def _wkv_call(name):
+    def make(seed):
+        rng = np.random.default_rng(seed)
+        shape = (1, 64, 4, 16)
+        r, k, v, w = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+        w = -np.exp(w)
+        if name == "wkv7":
+            kk = k / np.linalg.norm(k, axis=-1, keepdims=True)
+            return lambda: rwkv.wkv7(r, w, k, v, -kk, 0.5 * kk)
+        u = rng.standard_normal((4, 16)).astype(np.float32)
+        return lambda: rwkv.wkv6(r, k, v, w, u)
+
+    return make
+
+
 CONCURRENT = {
+    "wkv6": _wkv_call("wkv6"),
+    "wkv7": _wkv_call("wkv7"),
     "selective_scan": _scan_call,
     "selective_state_update": _update_call,
     "causal_attention": _attention_call,
@@ -162,6 +180,14 @@ MEMORY_CASES = {
 }
 
 
+MEMORY_CASES["wkv6"] = """
+    from seqkern.rwkv import wkv6
+    # T 2^17, H 2, N 64: all per-step states (T, H, N, N) would be 4 GiB.
+    x = np.ones((1, 1 << 17, 2, 64), np.float32)
+    w, u = -x, np.ones((2, 64), np.float32)
+    call = lambda: wkv6(x, x, x, w, u)
+"""
+
 MEMORY_CASES["causal_attention"] = """
     from seqkern.attention import causal_attention
     # L 16384, D 16: the (L, L) score matrix alone would be 1 GiB.
@@ -178,3 +204,40 @@ def test_extra_memory_is_bounded_by_output_and_state(kernel):
     extra, result_bytes = map(int, done.stdout.split())
     # Output + state, plus 16 MiB for scratch buffers and allocator slack.
     assert extra <= result_bytes + 16 * 2**20, (extra, result_bytes)
+
+
+def _long_wkv_inputs(name, rng, length=16384):
+    """RWKV-6/RWKV-4-like parameters: decays exp(-exp(x)) with x in [-6, 1] (time_decay init),
+    unit-scale r, k, v; wkv4 at C = 32, the matrix kernels at H = 2, N = 16."""
+    if name == "wkv4":
+        c = 32
+        w = -np.exp(rng.uniform(-6, 1, c))
+        return (
+            w,
+            rng.uniform(0, 1, c),
+            rng.standard_normal((1, length, c)),
+            rng.standard_normal((1, length, c)),
+        )
+    shape = (1, length, 2, 16)
+    r, k, v = (rng.standard_normal(shape) for _ in range(3))
+    w = -np.exp(rng.uniform(-6, 1, shape))
+    return r, k, v, w, rng.uniform(0, 1, (2, 16))
+
+
+@pytest.mark.parametrize("name", ["wkv4", "wkv6"])
+def test_rwkv_float32_stays_close_to_float64_at_16k(name):
+    args = _long_wkv_inputs(name, np.random.default_rng(3))
+    fn = getattr(rwkv, name)
+    y64, s64 = fn(*args)
+    y32, s32 = fn(*(a.astype(np.float32) for a in args))
+    assert np.all(np.isfinite(y32)) and np.all(np.isfinite(s32))
+    assert relative_error(y32, y64) < 1e-4
+
+
+def test_wkv6_nan_in_one_head_stays_there():
+    r, k, v, w, u = _long_wkv_inputs("wkv6", np.random.default_rng(4), length=512)
+    v = v.copy()
+    v[0, 100, 1, 3] = np.nan
+    y, state = rwkv.wkv6(r, k, v, w, u)
+    assert np.all(np.isnan(y[0, 100:, 1, 3]))
+    assert np.all(np.isfinite(y[:, :, 0])) and np.all(np.isfinite(state[:, 0]))

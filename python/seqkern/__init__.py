@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _native, attention, mamba, reference
+from . import _native, attention, mamba, reference, rwkv
 
 __version__: str = _native.build_info()["version"]
 
@@ -20,6 +20,7 @@ __all__ = [
     "get_num_threads",
     "mamba",
     "reference",
+    "rwkv",
     "set_num_threads",
 ]
 

@@ -66,4 +66,4 @@ def causal_attention(
     ck.check_ndim("v", v, [_V])
     ck.check_shape("v", v, _V, (batch, heads, length, v.shape[3]))
     value = _scale_value(scale, dim)
-    return _ATTENTION[dtype](np.ascontiguousarray(q), k, np.ascontiguousarray(v), value)
+    return _ATTENTION[dtype](ck.contiguous("q", q), k, ck.contiguous("v", v), value)

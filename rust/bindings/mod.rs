@@ -9,6 +9,7 @@
 mod attention;
 mod mamba;
 mod mamba2;
+mod rwkv;
 
 use crate::error::KernelError;
 use crate::{parallel, simd};
@@ -33,6 +34,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mamba::register(m)?;
     mamba2::register(m)?;
     attention::register(m)?;
+    rwkv::register(m)?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from seqkern import attention, mamba
+from seqkern import attention, mamba, rwkv
 
 Kwargs = dict[str, Any]
 
@@ -99,6 +99,62 @@ def _attention_args(rng, dtype):
     return dict(q=n(*shape), k=n(*shape), v=n(*shape))
 
 
+def _rwkv_shape(rng):
+    batch, heads, n, length = _sizes(rng)
+    return batch, length, heads, n
+
+
+def _wkv4_args(rng, dtype):
+    batch, length, heads, n = _rwkv_shape(rng)
+    c = heads * n
+    return dict(
+        w=-np.exp(_normal(rng, dtype, c)),
+        u=_normal(rng, dtype, c),
+        k=_normal(rng, dtype, batch, length, c),
+        v=_normal(rng, dtype, batch, length, c),
+        state=np.concatenate(
+            [np.zeros((batch, 2, c), dtype), np.full((batch, 1, c), -1e30, dtype)], axis=1
+        ),
+    )
+
+
+def _wkv_bonus_args(per_token):
+    def build(rng, dtype):
+        batch, length, heads, n = _rwkv_shape(rng)
+        seq = (batch, length, heads, n)
+        w_shape = seq if per_token else (heads, n)
+        return dict(
+            r=_normal(rng, dtype, *seq),
+            k=_normal(rng, dtype, *seq),
+            v=_normal(rng, dtype, *seq),
+            w=-np.exp(_normal(rng, dtype, *w_shape)),
+            u=_normal(rng, dtype, heads, n),
+            state=_normal(rng, dtype, batch, heads, n, n),
+        )
+
+    return build
+
+
+def _wkv7_args(rng, dtype):
+    batch, length, heads, n = _rwkv_shape(rng)
+    seq = (batch, length, heads, n)
+    kk = _normal(rng, dtype, *seq)
+    kk /= np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), 1e-3).astype(dtype)
+    return dict(
+        r=_normal(rng, dtype, *seq),
+        w=-np.exp(_normal(rng, dtype, *seq)) * dtype(0.5),
+        k=_normal(rng, dtype, *seq),
+        v=_normal(rng, dtype, *seq),
+        a=-kk,
+        b=kk * dtype(0.5),
+        state=_normal(rng, dtype, batch, heads, n, n),
+    )
+
+
+def _y_and_state(a):
+    return (a["k"].shape, a["state"].shape)
+
+
 SPECS: list[Spec] = [
     Spec(
         "selective_scan",
@@ -121,4 +177,8 @@ SPECS: list[Spec] = [
         in_place=("state",),
     ),
     Spec("causal_attention", attention.causal_attention, _attention_args, lambda a: a["q"].shape),
+    Spec("wkv4", rwkv.wkv4, _wkv4_args, _y_and_state),
+    Spec("wkv5", rwkv.wkv5, _wkv_bonus_args(per_token=False), _y_and_state),
+    Spec("wkv6", rwkv.wkv6, _wkv_bonus_args(per_token=True), _y_and_state),
+    Spec("wkv7", rwkv.wkv7, _wkv7_args, _y_and_state),
 ]
