@@ -301,13 +301,13 @@ def _ssd_args(x, dt, A, B, C, D, z, dt_bias, initial_states):
         ck.check_ndim("D", D, [("nheads",), ("nheads", "headdim")])
         d_dims = ("nheads",) if D.ndim == 1 else ("nheads", "headdim")
         ck.check_shape("D", D, d_dims, (heads,) if D.ndim == 1 else (heads, headdim))
-        D = np.ascontiguousarray(D)
+        D = ck.contiguous("D", D)
     state = ("batch", "nheads", "headdim", "dstate")
     args = dict(
-        x=np.ascontiguousarray(x),
+        x=ck.contiguous("x", x),
         dt=ck.float_input("dt", dt, dtype, "x", ("batch", "L", "nheads"), x.shape[:3]),
         a=ck.float_input("A", A, dtype, "x", ("nheads",), (heads,)),
-        b=np.ascontiguousarray(B),
+        b=ck.contiguous("B", B),
         c=ck.float_input("C", C, dtype, "x", bc, B.shape),
         d=D,
         z=ck.optional_float_input("z", z, dtype, "x", seq, x.shape),
@@ -436,7 +436,7 @@ def _conv_weight(weight: Any, dtype: np.dtype, dim: int) -> np.ndarray:
     ck.check_shape("weight", weight, ("dim", "width"), (dim, weight.shape[1]))
     if weight.shape[1] < 1:
         raise ValueError(f"weight: expected width >= 1, got shape {weight.shape}")
-    return np.ascontiguousarray(weight)
+    return ck.contiguous("weight", weight)
 
 
 def causal_conv1d(
@@ -472,7 +472,7 @@ def causal_conv1d(
     weight = _conv_weight(weight, dtype, dim)
     context = weight.shape[1] - 1
     out, final_states = _CONV[dtype](
-        np.ascontiguousarray(x),
+        ck.contiguous("x", x),
         weight,
         ck.optional_float_input("bias", bias, dtype, "x", ("dim",), (dim,)),
         silu,
@@ -535,7 +535,7 @@ def causal_conv1d_update(
             f"got shape {conv_state.shape}"
         )
     out = _CONV_UPDATE[dtype](
-        np.ascontiguousarray(x3),
+        ck.contiguous("x", x3),
         conv_state,
         weight,
         ck.optional_float_input("bias", bias, dtype, "x", ("dim",), (dim,)),

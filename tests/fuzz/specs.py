@@ -182,3 +182,90 @@ SPECS: list[Spec] = [
     Spec("wkv6", rwkv.wkv6, _wkv_bonus_args(per_token=True), _y_and_state),
     Spec("wkv7", rwkv.wkv7, _wkv7_args, _y_and_state),
 ]
+
+
+# --- Mamba-2: SSD scan and causal conv1d
+
+
+def _ssd_args(chunked):
+    def build(rng, dtype):
+        batch, heads, dstate, length = _sizes(rng)
+        headdim, groups = int(rng.integers(1, 4)), 1 if heads % 2 else 2
+        n = lambda *s: _normal(rng, dtype, *s)  # noqa: E731
+        args = dict(
+            x=n(batch, length, heads, headdim),
+            dt=n(batch, length, heads),
+            A=-np.abs(n(heads)),
+            B=n(batch, length, groups, dstate),
+            C=n(batch, length, groups, dstate),
+            D=n(heads, headdim),
+            z=n(batch, length, heads, headdim),
+            dt_bias=n(heads),
+            initial_states=n(batch, heads, headdim, dstate),
+            dt_softplus=True,
+            return_final_states=True,
+        )
+        if chunked:
+            args["chunk_size"] = int(rng.integers(1, 8))
+        return args
+
+    return build
+
+
+def _conv_args(rng, dtype):
+    batch, dim, width, length = _sizes(rng)
+    n = lambda *s: _normal(rng, dtype, *s)  # noqa: E731
+    return dict(
+        x=n(batch, dim, length),
+        weight=n(dim, width),
+        bias=n(dim),
+        activation="silu",
+        initial_states=n(batch, dim, width - 1),
+        return_final_states=True,
+    )
+
+
+def _conv_update_args(tokens):
+    def build(rng, dtype):
+        batch, dim, width, length = _sizes(rng)
+        n = lambda *s: _normal(rng, dtype, *s)  # noqa: E731
+        return dict(
+            x=n(batch, dim, length + 1) if tokens else n(batch, dim),
+            conv_state=n(batch, dim, width - 1 + int(rng.integers(0, 3))),
+            weight=n(dim, width),
+            bias=n(dim),
+            activation="silu",
+        )
+
+    return build
+
+
+def _ssd_shapes(a):
+    batch, _, heads, headdim = a["x"].shape
+    return (a["x"].shape, (batch, heads, headdim, a["B"].shape[-1]))
+
+
+SPECS += [
+    Spec("ssd_scan", mamba.ssd_scan, _ssd_args(chunked=True), _ssd_shapes),
+    Spec("ssd_scan_sequential", mamba.ssd_scan_sequential, _ssd_args(chunked=False), _ssd_shapes),
+    Spec(
+        "causal_conv1d",
+        mamba.causal_conv1d,
+        _conv_args,
+        lambda a: (a["x"].shape, a["initial_states"].shape),
+    ),
+    Spec(
+        "causal_conv1d_update",
+        mamba.causal_conv1d_update,
+        _conv_update_args(tokens=False),
+        lambda a: a["x"].shape,
+        in_place=("conv_state",),
+    ),
+    Spec(
+        "causal_conv1d_update[tokens]",
+        mamba.causal_conv1d_update,
+        _conv_update_args(tokens=True),
+        lambda a: a["x"].shape,
+        in_place=("conv_state",),
+    ),
+]
