@@ -247,6 +247,24 @@ def test_thread_count_does_not_change_a_bit(rng, dtype, threads):
             np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_bad_input_stays_in_its_channel_and_later_steps(rng, dtype, bad):
+    """A NaN or inf in x reaches only its own (batch, head, channel), from its step on: the
+    masked zeros of the intra-chunk product never multiply it (0 * inf would be NaN)."""
+    args = cast(ssd_inputs(rng, batch=2, length=40, heads=4, headdim=8, dstate=16), dtype)
+    args["x"][0, 21, 1, 2] = bad
+    for scan in (lambda **a: mamba.ssd_scan(**a, chunk_size=16), mamba.ssd_scan_sequential):
+        y, state = scan(**args, dt_softplus=True, return_final_states=True)
+        hit = ~np.isfinite(y)
+        assert hit[0, 21:, 1, 2].all() if np.isnan(bad) else hit[0, 21, 1, 2]
+        hit[0, 21:, 1, 2] = False
+        assert not hit.any()
+        state_hit = ~np.isfinite(state)
+        state_hit[0, 1, 2] = False
+        assert not state_hit.any()
+
+
 def test_scalar_and_simd_paths_agree(rng, simd_path):
     args = cast(ssd_inputs(rng, length=80, headdim=33, dstate=20), np.float32)
     outs = []

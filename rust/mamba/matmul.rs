@@ -164,9 +164,12 @@ impl<T: Real> MatmulJob<'_, '_, T> {
         let mut b_edge = Vec::new();
         for i0 in (0..p.m).step_by(MR) {
             let rows = MR.min(p.m - i0);
-            let depth = match p.depth {
-                Depth::Full => p.k,
-                Depth::Causal { offset } => p.k.min(offset + i0 + rows),
+            // k < shared: every row of the tile; shared <= k < depth: the diagonal block, where
+            // row i only takes k <= offset + i0 + i (A is zero beyond, and skipping the zeros
+            // keeps a NaN or inf of a later row of B out of earlier rows).
+            let (shared, depth) = match p.depth {
+                Depth::Full => (p.k, p.k),
+                Depth::Causal { offset } => (p.k.min(offset + i0), p.k.min(offset + i0 + rows)),
             };
             let (col_start, col_end) = match p.columns {
                 Columns::All => (0, p.n),
@@ -186,11 +189,11 @@ impl<T: Real> MatmulJob<'_, '_, T> {
                 let cols = NR.min(p.n - j0);
                 let a = (a_cols, a_step);
                 let acc = if cols == NR {
-                    tile::<T, A, MR, NR>(a, &p.b[j0..], p.ldb, depth)
+                    tile::<T, A, MR, NR>(a, &p.b[j0..], p.ldb, (shared, depth))
                 } else {
                     b_edge.resize(p.k * NR, T::ZERO);
                     pack_b_edge(&p, j0, cols, depth, NR, &mut b_edge);
-                    tile::<T, A, MR, NR>(a, &b_edge, NR, depth)
+                    tile::<T, A, MR, NR>(a, &b_edge, NR, (shared, depth))
                 };
                 let target = TileTarget { i0, j0, rows, cols };
                 store_tile(&acc, &mut *self.c, self.ldc, target, self.store);
@@ -262,7 +265,8 @@ fn fma_row<T: Real, A: Arch, const NR: usize>(acc: &mut [T; NR], a: T, b: &[T; N
 /// The most rows a register tile has.
 const MAX_ROWS: usize = 8;
 
-/// The register tile: `acc[i][j] = sum_{k < depth} a_cols[k * a_step + i] * b[k * ldb + j]`.
+/// The register tile: `acc[i][j] = sum_{k < depth, k < shared + i + 1} a_cols[k * a_step + i]
+/// * b[k * ldb + j]`.
 ///
 /// The rows are written out one by one (constant-folded `get_mut(i)`, i < [`MAX_ROWS`])
 /// rather than looped over: a loop over the rows invites the vectoriser to run across them
@@ -273,25 +277,35 @@ fn tile<T: Real, A: Arch, const MR: usize, const NR: usize>(
     (a_cols, a_step): (&[T], usize),
     b: &[T],
     ldb: usize,
-    depth: usize,
+    (shared, depth): (usize, usize),
 ) -> [[T; NR]; MR] {
     const { assert!(MR <= MAX_ROWS) };
     let mut acc = [[T::ZERO; NR]; MR];
-    for k in 0..depth {
-        let a_col: &[T; MR] = a_cols[k * a_step..k * a_step + MR]
-            .try_into()
-            .expect("a slice of MR elements");
-        let b_row: &[T; NR] = b[k * ldb..k * ldb + NR]
-            .try_into()
-            .expect("a slice of NR elements");
-        macro_rules! rows {
-            ($($i:literal),*) => {$(
-                if let (Some(row), Some(&a)) = (acc.get_mut($i), a_col.get($i)) {
-                    fma_row::<T, A, NR>(row, a, b_row);
+    let column = |k: usize| -> (&[T; MR], &[T; NR]) {
+        let a_col = a_cols[k * a_step..k * a_step + MR].try_into();
+        let b_row = b[k * ldb..k * ldb + NR].try_into();
+        (
+            a_col.expect("a slice of MR elements"),
+            b_row.expect("a slice of NR elements"),
+        )
+    };
+    // `first`: the first row that takes k (rows before the diagonal block take every k).
+    macro_rules! rows {
+        ($a_col:expr, $b_row:expr, $first:expr; $($i:literal),*) => {$(
+            if let (Some(row), Some(&a)) = (acc.get_mut($i), $a_col.get($i)) {
+                if $i >= $first {
+                    fma_row::<T, A, NR>(row, a, $b_row);
                 }
-            )*};
-        }
-        rows!(0, 1, 2, 3, 4, 5, 6, 7);
+            }
+        )*};
+    }
+    for k in 0..shared.min(depth) {
+        let (a_col, b_row) = column(k);
+        rows!(a_col, b_row, 0; 0, 1, 2, 3, 4, 5, 6, 7);
+    }
+    for k in shared.min(depth)..depth {
+        let (a_col, b_row) = column(k);
+        rows!(a_col, b_row, k - shared; 0, 1, 2, 3, 4, 5, 6, 7);
     }
     acc
 }
