@@ -265,6 +265,19 @@ def test_a_bad_input_stays_in_its_channel_and_later_steps(rng, dtype, bad):
         assert not state_hit.any()
 
 
+def test_float32_stays_accurate_over_long_sequences(rng):
+    """L = 16384 in float32 against the float64 kernel on the same (rounded) inputs: the
+    chunk-local cumulative sums keep the decays accurate however long the sequence."""
+    args = cast(ssd_inputs(rng, batch=1, length=16384, heads=4, headdim=8, dstate=16), np.float32)
+    want_y, want_state = mamba.ssd_scan_sequential(
+        **cast(args, np.float64), dt_softplus=True, return_final_states=True
+    )
+    for scan in (mamba.ssd_scan, mamba.ssd_scan_sequential):
+        y, state = scan(**args, dt_softplus=True, return_final_states=True)
+        assert_close(y, want_y, np.float32)
+        assert_close(state, want_state, np.float32)
+
+
 def test_scalar_and_simd_paths_agree(rng, simd_path):
     args = cast(ssd_inputs(rng, length=80, headdim=33, dstate=20), np.float32)
     outs = []
