@@ -85,15 +85,16 @@ fn ssd_generic<'py, T: Real + Element>(
     let state_shape = [batch, heads, headdim, dstate];
     let out_len = checked_product("x", &out_shape)?;
     let state_len = checked_product("initial_states", &state_shape)?;
-    let (out, last) = run_detached(py, || {
-        let mut out = vec![T::ZERO; out_len];
-        let mut last = vec![T::ZERO; state_len];
+    // Allocated on the calling thread: pages first touched by several pool threads at once
+    // measured slower (page-fault contention), most of a millisecond on a 6 MB output.
+    let mut out = vec![T::ZERO; out_len];
+    let mut last = vec![T::ZERO; state_len];
+    run_detached(py, || {
         if options.sequential {
-            ssd_scan_sequential(dims, inputs, &mut out, &mut last)?;
+            ssd_scan_sequential(dims, inputs, &mut out, &mut last)
         } else {
-            ssd_scan(dims, inputs, &mut out, &mut last)?;
+            ssd_scan(dims, inputs, &mut out, &mut last)
         }
-        Ok((out, last))
     })?;
     Ok((
         to_numpy(py, &out_shape, out)?,
@@ -131,11 +132,11 @@ fn conv_generic<'py, T: Real + Element>(
     let state_shape = [batch, dim, width - 1];
     let out_len = checked_product("x", &out_shape)?;
     let state_len = checked_product("initial_states", &state_shape)?;
-    let (out, last) = run_detached(py, || {
-        let mut out = vec![T::ZERO; out_len];
-        let mut last = vec![T::ZERO; state_len];
-        conv1d::causal_conv1d(dims, inputs, &mut out, &mut last)?;
-        Ok((out, last))
+    // Allocated on the calling thread (see ssd_generic).
+    let mut out = vec![T::ZERO; out_len];
+    let mut last = vec![T::ZERO; state_len];
+    run_detached(py, || {
+        conv1d::causal_conv1d(dims, inputs, &mut out, &mut last)
     })?;
     Ok((
         to_numpy(py, &out_shape, out)?,

@@ -51,8 +51,8 @@ const MIN_TASKS: usize = 8;
 const SPLIT_WIDTH: usize = 32;
 /// Channels of one head the sequential kernel updates side by side.
 const SEQ_BLOCK: usize = 32;
-/// Time steps per task of the final gating pass of the sequential kernel.
-const FINISH_ROWS: usize = 64;
+/// Steps the sequential kernel runs before gating their outputs into out.
+const SEQ_STEPS: usize = 16;
 
 /// Sizes of one SSD call.
 #[derive(Clone, Copy, Debug)]
@@ -208,52 +208,33 @@ pub fn ssd_scan_sequential<T: Real>(
     }
     let isa = simd::isa();
     let time = prepare_dt(isa, &dims, &inputs);
-    let (len, p, n) = (dims.len, dims.headdim, dims.dstate);
-    // y per (batch, head) as (L, headdim), then scattered to (batch, L, heads, headdim).
-    let mut y = vec![T::ZERO; dims.batch * dims.heads * len * p];
-    y.par_chunks_mut(len * p)
-        .zip(final_states.par_chunks_mut(p * n))
-        .enumerate()
-        .for_each(|(bh, (y, last))| {
-            let job = SequentialJob {
-                dims,
-                inputs,
-                bh,
-                dt: &time.dt[bh * len..(bh + 1) * len],
-                y,
-                last,
-            };
-            simd::dispatch_on(isa, job);
-        });
-    finish(isa, &dims, &inputs, &y, out);
-    Ok(())
-}
-
-/// Scatters `y` `(batch, heads, L, headdim)` into `out` `(batch, L, heads, headdim)` and
-/// applies `out = (y + D x) * silu(z)`.
-fn finish<T: Real>(isa: Isa, dims: &SsdDims, inputs: &SsdInputs<'_, T>, y: &[T], out: &mut [T]) {
-    let (len, p) = (dims.len, dims.headdim);
-    out.par_chunks_mut(FINISH_ROWS * dims.heads * p)
-        .enumerate()
-        .for_each(|(task, rows)| {
-            let first = task * FINISH_ROWS;
-            for (r, row) in rows.chunks_exact_mut(dims.heads * p).enumerate() {
-                let (b, t) = ((first + r) / len, (first + r) % len);
-                for (h, y_out) in row.chunks_exact_mut(p).enumerate() {
-                    let start = ((b * dims.heads + h) * len + t) * p;
-                    y_out.copy_from_slice(&y[start..start + p]);
-                }
-            }
+    // One task per (batch, head), writing its channels of every row of out.
+    let per_group = dims.heads / dims.groups;
+    let heads: Vec<HeadBlock> = (0..dims.heads)
+        .map(|h| HeadBlock {
+            first: h,
+            count: 1,
+            group: h / per_group,
+            j0: 0,
+            width: dims.headdim,
+        })
+        .collect();
+    block_tasks(&dims, &heads, out, final_states)
+        .into_par_iter()
+        .for_each(|task| {
+            let bh = task.batch * dims.heads + task.block.first;
+            let dt = &time.dt[bh * dims.len..(bh + 1) * dims.len];
             simd::dispatch_on(
                 isa,
-                FinishJob {
-                    dims: *dims,
-                    inputs: *inputs,
-                    first_row: first,
-                    out: rows,
+                SequentialJob {
+                    dims,
+                    inputs,
+                    dt,
+                    task,
                 },
             );
         });
+    Ok(())
 }
 
 /// Handles calls with nothing to scan (an empty axis or `dstate = 0`); returns whether it did.
@@ -987,12 +968,10 @@ impl<T: Real> Kernel for FinishJob<'_, '_, T> {
 struct SequentialJob<'a, 'o, T> {
     dims: SsdDims,
     inputs: SsdInputs<'a, T>,
-    bh: usize,
+    /// dt' of this (batch, head).
     dt: &'a [T],
-    /// `(L, headdim)`.
-    y: &'o mut [T],
-    /// `(headdim, dstate)`.
-    last: &'o mut [T],
+    /// The head's channels of every row of out, and its rows of the final state.
+    task: BlockTask<'o, T>,
 }
 
 impl<T: Real> Kernel for SequentialJob<'_, '_, T> {
@@ -1002,34 +981,58 @@ impl<T: Real> Kernel for SequentialJob<'_, '_, T> {
     fn run<A: Arch>(self) {
         let dims = &self.dims;
         let (p, n) = (dims.headdim, dims.dstate);
-        let (b, h) = (self.bh / dims.heads, self.bh % dims.heads);
-        let g = h / (dims.heads / dims.groups);
+        let (b, h) = (self.task.batch, self.task.block.first);
+        let bh = b * dims.heads + h;
+        let g = self.task.block.group;
         let a = self.inputs.a[h];
         let mut state = vec![T::ZERO; n * p];
         if let Some(h0) = self.inputs.initial_states {
-            transpose(&h0[self.bh * p * n..][..p * n], p, n, &mut state);
+            transpose(&h0[bh * p * n..][..p * n], p, n, &mut state);
         }
-        for (t, y) in self.y.chunks_exact_mut(p).enumerate() {
-            let dt = self.dt[t];
-            let step = Step {
-                decay: (dt * a).exp(),
-                dt,
-                x: &self.inputs.x[x_offset(dims, b, t, h)..][..p],
-                b: &self.inputs.b[((b * dims.len + t) * dims.groups + g) * n..][..n],
-                c: &self.inputs.c[((b * dims.len + t) * dims.groups + g) * n..][..n],
-            };
-            // Blocks of SEQ_BLOCK channels keep x_t and y_t in registers while the loop
-            // streams over the state rows.
-            let mut j0 = 0;
-            while j0 + SEQ_BLOCK <= p {
-                step.block::<A, SEQ_BLOCK>(&mut state, p, j0, &mut y[j0..j0 + SEQ_BLOCK]);
-                j0 += SEQ_BLOCK;
+        let d = match (self.inputs.d, dims.d_form) {
+            (Some(d), Granularity::PerHead) => Skip::Head(d[h]),
+            (Some(d), Granularity::PerHeadDim) => Skip::Channels(&d[h * p..(h + 1) * p]),
+            (None, _) => Skip::Head(T::ZERO),
+        };
+        // y of SEQ_STEPS steps, gated into out after each block of steps: touching out and z
+        // inside the step loop would evict the state from L1.
+        let mut y_block = vec![T::ZERO; SEQ_STEPS * p];
+        let mut task = self.task;
+        for (t0, rows) in task
+            .rows
+            .chunks_mut(SEQ_STEPS)
+            .enumerate()
+            .map(|(i, r)| (i * SEQ_STEPS, r))
+        {
+            for (i, y) in y_block.chunks_exact_mut(p).take(rows.len()).enumerate() {
+                let t = t0 + i;
+                let dt = self.dt[t];
+                let step = Step {
+                    decay: (dt * a).exp(),
+                    dt,
+                    x: &self.inputs.x[x_offset(dims, b, t, h)..][..p],
+                    b: &self.inputs.b[((b * dims.len + t) * dims.groups + g) * n..][..n],
+                    c: &self.inputs.c[((b * dims.len + t) * dims.groups + g) * n..][..n],
+                };
+                // Blocks of SEQ_BLOCK channels keep x_t and y_t in registers while the loop
+                // streams over the state rows.
+                let mut j0 = 0;
+                while j0 + SEQ_BLOCK <= p {
+                    step.block::<A, SEQ_BLOCK>(&mut state, p, j0, &mut y[j0..j0 + SEQ_BLOCK]);
+                    j0 += SEQ_BLOCK;
+                }
+                if j0 < p {
+                    step.tail::<A>(&mut state, p, j0, &mut y[j0..]);
+                }
             }
-            if j0 < p {
-                step.tail::<A>(&mut state, p, j0, &mut y[j0..]);
+            for (i, (out, y)) in rows.iter_mut().zip(y_block.chunks_exact(p)).enumerate() {
+                let start = x_offset(dims, b, t0 + i, h);
+                let x = &self.inputs.x[start..start + p];
+                let z = self.inputs.z.map(|z| &z[start..start + p]);
+                gate_into::<T, A>(out, y, x, d, z);
             }
         }
-        transpose(&state, n, p, self.last);
+        transpose(&state, n, p, task.last);
     }
 }
 
