@@ -7,6 +7,7 @@ pub mod error;
 pub mod mamba;
 pub mod parallel;
 pub mod simd;
+pub mod ternary;
 
 #[cfg(feature = "python")]
 mod bindings;

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _native, mamba, reference
+from . import _native, mamba, reference, ternary
 
 __version__: str = _native.build_info()["version"]
 
@@ -20,6 +20,7 @@ __all__ = [
     "mamba",
     "reference",
     "set_num_threads",
+    "ternary",
 ]
 
 

@@ -7,6 +7,7 @@
 //! panic.
 
 mod mamba;
+mod ternary;
 
 use crate::error::KernelError;
 use crate::{parallel, simd};
@@ -29,6 +30,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     mamba::register(m)?;
+    ternary::register(m)?;
     Ok(())
 }
 

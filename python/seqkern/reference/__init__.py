@@ -4,6 +4,6 @@ They are the test oracle and the baseline of the benchmark reports; each docstri
 formula its kernel computes.
 """
 
-from . import mamba
+from . import mamba, ternary
 
-__all__ = ["mamba"]
+__all__ = ["mamba", "ternary"]
