@@ -218,6 +218,7 @@ fn split_columns(out: &mut [i32], n: usize, chunk: usize) -> Vec<Vec<&mut [i32]>
 mod tests {
     use super::*;
     use crate::simd::Isa;
+    use crate::ternary::kernels::KernelPath;
     use crate::ternary::pack::{pack, Format};
 
     struct Lcg(u64);
@@ -247,6 +248,7 @@ mod tests {
     #[test]
     fn every_path_matches_the_reference() {
         let mut rng = Lcg(7);
+        let mut paths = std::collections::BTreeSet::new();
         for &(m, n, k) in &[
             (1, 1, 1),
             (3, 5, 257),
@@ -262,12 +264,23 @@ mod tests {
                 let weight = PackedMatrix::new(&packed, n, k, format).unwrap();
                 for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
                     simd::force_isa(Some(isa));
+                    paths.insert(KernelPath::current().name());
                     let mut out = vec![0i32; m * n];
                     ternary_matmul_int(&q, m, &weight, &mut out).unwrap();
                     assert_eq!(out, expected, "{format:?} {isa:?} m={m} n={n} k={k}");
                 }
                 simd::force_isa(None);
             }
+        }
+        // Every path this CPU has was exercised.
+        assert!(paths.contains("scalar"));
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            assert!(paths.contains("avx2"));
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            assert!(paths.contains("neon_dotprod"));
         }
     }
 
