@@ -27,12 +27,13 @@ pub trait QuantFloat: Real {
     fn abs(self) -> Self;
     /// `self` rounded half to even, as PyTorch's `round`.
     fn round_half_even(self) -> Self;
-    /// `self` as an integer; `self` must already be integral and within the target range.
-    fn to_i32(self) -> i32;
+    /// `self` as an integer, for integral values with |self| < 2^22 (other values give an
+    /// unspecified integer). Unlike `as i32`, which saturates, it vectorises.
+    fn small_integer_to_i32(self) -> i32;
 }
 
 macro_rules! quant_float {
-    ($t:ty) => {
+    ($t:ty, $bits:ty, $magic:expr) => {
         impl QuantFloat for $t {
             const MAX: $t = <$t>::MAX;
             #[inline(always)]
@@ -44,15 +45,18 @@ macro_rules! quant_float {
                 self.round_ties_even()
             }
             #[inline(always)]
-            fn to_i32(self) -> i32 {
-                self as i32
+            fn small_integer_to_i32(self) -> i32 {
+                // 1.5 * 2^mantissa_bits: adding it puts an integral self into the low mantissa
+                // bits exactly, offset by the magic number's own bits.
+                let shifted = (self + $magic).to_bits() as $bits;
+                shifted.wrapping_sub(<$t>::to_bits($magic) as $bits) as i32
             }
         }
     };
 }
 
-quant_float!(f32);
-quant_float!(f64);
+quant_float!(f32, i32, 12_582_912.0);
+quant_float!(f64, i64, 6_755_399_441_055_744.0);
 
 /// Elements per chunk of the sum: fixed, so that the result does not depend on the thread
 /// count.
@@ -142,7 +146,7 @@ pub fn quantize_weights<T: QuantFloat>(
             } else if t < -T::ONE {
                 -1
             } else {
-                t.to_i32() as i8
+                t.small_integer_to_i32() as i8
             }
         })
         .collect();
@@ -227,7 +231,7 @@ impl<T: QuantFloat> Kernel for QuantizeRow<'_, T> {
             } else {
                 r
             };
-            *q = r.to_i32() as i8;
+            *q = r.small_integer_to_i32() as i8;
         }
         Ok(scale)
     }
