@@ -244,6 +244,10 @@ def test_quantize_activations_shapes(rng):
     assert q.shape == (2, 3, 5) and scale.shape == (2, 3, 1)
     q0, scale0 = quantize_activations(np.zeros((0, 5), np.float32))
     assert q0.shape == (0, 5) and scale0.shape == (0, 1)
+    q_empty, scale_empty = quantize_activations(np.zeros((2, 0), np.float32))
+    assert q_empty.shape == (2, 0)
+    empty_scale = (np.float32(1) / np.float32(1e-5)) * np.float32(127)
+    np.testing.assert_array_equal(scale_empty, np.full((2, 1), empty_scale))
     np.testing.assert_array_equal(quantize_activations(x[0, 1])[0], q[0, 1])
 
 

@@ -91,6 +91,8 @@ class TernaryWeight:
         """Wraps packed bytes (``(N, row_bytes)`` uint8, as :attr:`packed` returns them).
         Checks the size and every byte; prefer the ``from_*`` constructors."""
         format = _check_format(format)
+        if len(shape) != 2:
+            raise ValueError(f"shape: expected (out_features, in_features), got {shape}")
         n, k = (int(s) for s in shape)
         if n <= 0 or k <= 0:
             raise ValueError(f"shape: expected (out_features, in_features) > 0, got {shape}")
@@ -324,7 +326,7 @@ def _rows(name: str, x: Any) -> tuple[np.ndarray, np.dtype, tuple[int, ...], int
     if x.ndim == 0:
         raise ValueError(f"{name}: expected shape (..., in_features), got a 0-d array")
     batch, k = x.shape[:-1], x.shape[-1]
-    return np.ascontiguousarray(x).reshape(-1, k), dtype, batch, k
+    return np.ascontiguousarray(x).reshape(math.prod(batch), k), dtype, batch, k
 
 
 def quantize_activations(x: Any, *, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
@@ -387,6 +389,6 @@ def ternary_matmul_int(q: Any, weight: TernaryWeight) -> np.ndarray:
         raise ValueError("q: expected shape (..., in_features), got a 0-d array")
     batch, k = q.shape[:-1], q.shape[-1]
     _check_in_features("q", k, weight)
-    rows = np.ascontiguousarray(q).reshape(-1, k)
+    rows = np.ascontiguousarray(q).reshape(math.prod(batch), k)
     out = _native.ternary_matmul_int(rows, weight.packed, k, weight.format)
     return out.reshape(*batch, weight.out_features)

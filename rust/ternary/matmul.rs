@@ -8,9 +8,9 @@
 //! The activation rows are first copied to kernel order ("panels", see
 //! [`super::pack::fill_panel`]) with their sums. The weight rows are then split into chunks of
 //! consecutive rows that run in parallel; each chunk walks the activation rows a few at a time
-//! ([`super::kernels::TILE_ROWS`]), so a block of weights is unpacked once for several tokens. M = 1 is the
-//! same code with one activation row per tile. All sums are integers, so the result is the same
-//! on every code path and for every thread count.
+//! ([`super::kernels::TILE_ROWS`]), so a block of weights is unpacked once for several tokens.
+//! M = 1 is the same loop with one activation row per tile. All sums are integers, so the
+//! result is the same on every code path and for every thread count.
 
 use super::kernels::{run_chunk, ChunkJob, KernelPath, TILE_COLS};
 use super::pack::{fill_panel, Layout, PackedMatrix};
@@ -20,6 +20,7 @@ use crate::simd;
 use rayon::prelude::*;
 
 /// The largest K whose exact products fit in int32: |acc| <= 128 K < 2^31.
+/// (K = 0 is refused too: an empty dot product is no layer.)
 pub const MAX_K: usize = (1 << 24) - 1;
 
 /// Weight rows per parallel chunk, at most: 64 rows of K = 4096 in "i2" are 64 KiB, which stay
@@ -45,7 +46,7 @@ pub fn ternary_matmul_int(
 }
 
 /// `y = bitlinear(x)`: `x` is `(m, K)`, `bias` `(N,)`, `out` `(m, N)`; activations are quantized
-/// per row with `eps = 1e-5` exactly as [`quantize_activations`] does.
+/// per row with `eps = 1e-5` exactly as [`super::quantize::quantize_activations`] does.
 pub fn bitlinear<T: QuantFloat>(
     x: &[T],
     m: usize,
@@ -103,13 +104,13 @@ fn rescale_row<T: QuantFloat>(y: &mut [T], acc: &[i32], factor: f64, bias: Optio
 }
 
 fn check_k(layout: &Layout) -> Result<(), KernelError> {
-    if layout.k <= MAX_K {
+    if (1..=MAX_K).contains(&layout.k) {
         Ok(())
     } else {
         Err(KernelError::value(
             "weight",
             format!(
-                "in_features = {} exceeds {MAX_K}, beyond which int32 sums can overflow",
+                "expected 1 <= in_features <= {MAX_K} (beyond it int32 sums can overflow), got {}",
                 layout.k
             ),
         ))
@@ -145,6 +146,7 @@ impl Panels {
         let len = layout.panel_len();
         let mut data = vec![0i8; checked_product("x", &[m, len])?];
         let mut row_sums = vec![0i32; m];
+        // K >= 1 (see `check_k`), so every row has a non-empty panel.
         if len > 0 {
             data.par_chunks_mut(len)
                 .zip(row_sums.par_iter_mut())
@@ -205,7 +207,10 @@ fn chunk_rows(n: usize) -> usize {
 /// Splits the rows of `out` (`(m, n)`) at every `chunk` columns: entry c holds, for each row,
 /// its columns `c chunk .. (c + 1) chunk`, so that chunks can be written in parallel.
 fn split_columns(out: &mut [i32], n: usize, chunk: usize) -> Vec<Vec<&mut [i32]>> {
-    let mut chunks: Vec<Vec<&mut [i32]>> = (0..n.div_ceil(chunk)).map(|_| Vec::new()).collect();
+    let rows = out.len() / n;
+    let mut chunks: Vec<Vec<&mut [i32]>> = (0..n.div_ceil(chunk))
+        .map(|_| Vec::with_capacity(rows))
+        .collect();
     for row in out.chunks_mut(n) {
         for (c, piece) in row.chunks_mut(chunk).enumerate() {
             chunks[c].push(piece);
