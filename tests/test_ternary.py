@@ -405,12 +405,18 @@ def test_gemm_rows_equal_gemv(rng, kernel_path, format):
     format=st.sampled_from(FORMATS),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_matmul_int_property(m, n, k, format, seed):
+def test_matmul_int_property_on_every_path(m, n, k, format, seed):
     rng = np.random.default_rng(seed)
     codes = random_codes(rng, n, k)
     q = random_q(rng, m, k)
     w = TernaryWeight.from_codes(codes, 1.0, format=format)
-    np.testing.assert_array_equal(ternary_matmul_int(q, w), exact_product(q, codes))
+    expected = exact_product(q, codes)
+    try:
+        for path in ("scalar", "avx2", "avx512"):
+            if _native.set_simd_path(path) == path:
+                np.testing.assert_array_equal(ternary_matmul_int(q, w), expected, err_msg=path)
+    finally:
+        _native.set_simd_path("auto")
 
 
 def test_matmul_int_batch_dims_and_strides(rng):
