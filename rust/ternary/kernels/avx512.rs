@@ -52,6 +52,9 @@ trait Planes {
     /// GEMV accumulators per weight row; plane p adds into `p % ACCUMULATORS`, so planes that
     /// share one must share a shift.
     const ACCUMULATORS: usize;
+    /// Weight rows the GEMM tile unpacks side by side (fewer when decoding needs more
+    /// registers); it divides [`TILE_COLS`].
+    const COLS_PER_PASS: usize;
     /// The planes of codes in {0, 1, 2} (entries past `PLANES` are unused).
     unsafe fn codes(bytes: __m512i) -> [__m512i; 5];
     /// The planes scaled by 2^SHIFTS[p], when that is cheaper to compute.
@@ -65,6 +68,7 @@ impl Planes for I2 {
     const PLANES: usize = 4;
     const SHIFTS: [u32; 5] = [0, 2, 4, 6, 0];
     const ACCUMULATORS: usize = 4;
+    const COLS_PER_PASS: usize = 4;
 
     #[inline(always)]
     unsafe fn codes(bytes: __m512i) -> [__m512i; 5] {
@@ -112,6 +116,7 @@ impl Planes for T1 {
     const PLANES: usize = 5;
     const SHIFTS: [u32; 5] = [0; 5];
     const ACCUMULATORS: usize = 3;
+    const COLS_PER_PASS: usize = 2;
 
     #[inline(always)]
     unsafe fn codes(bytes: __m512i) -> [__m512i; 5] {
@@ -195,8 +200,8 @@ unsafe fn load_acts(panel: &[i8], planes: usize, b: usize, p: usize) -> __m512i 
 /// back (without segments, K >= 2^23 could wrap).
 const SEGMENT_BLOCKS: usize = 4096;
 
-/// One activation row against [`TILE_COLS`] weight rows, one accumulator per weight row and
-/// plane.
+/// One activation row against [`TILE_COLS`] weight rows, with [`Planes::ACCUMULATORS`]
+/// accumulators per weight row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 #[inline]
 unsafe fn gemv_dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
@@ -235,29 +240,32 @@ unsafe fn gemv_dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
     dots
 }
 
-/// R activation rows against [`TILE_COLS`] weight rows: each block of weights is unpacked once
-/// and used for all R rows.
+/// R activation rows against [`TILE_COLS`] weight rows, [`Planes::COLS_PER_PASS`] weight rows
+/// at a time: each block of weights is unpacked once and used for all R rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 #[inline]
 unsafe fn gemm_dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
     let layout = tile.layout;
-    let mut acc = [[_mm512_setzero_si512(); TILE_COLS]; R];
-    for b in 0..layout.blocks() {
-        let width = layout.block_width(b);
-        for (c, weights) in tile.weights.iter().enumerate() {
-            let planes = F::codes(load_block(weights, b, width));
-            for (r, panel) in tile.panels.iter().enumerate() {
-                for (p, plane) in planes.iter().take(F::PLANES).enumerate() {
-                    let acts = load_acts(panel, F::PLANES, b, p);
-                    acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], *plane, acts);
+    let mut dots = [[0i32; TILE_COLS]; R];
+    for c0 in (0..TILE_COLS).step_by(F::COLS_PER_PASS) {
+        let weights = &tile.weights[c0..c0 + F::COLS_PER_PASS];
+        let mut acc = [[_mm512_setzero_si512(); TILE_COLS]; R];
+        for b in 0..layout.blocks() {
+            let width = layout.block_width(b);
+            for (c, weights) in weights.iter().enumerate() {
+                let planes = F::codes(load_block(weights, b, width));
+                for (r, panel) in tile.panels.iter().enumerate() {
+                    for (p, plane) in planes.iter().take(F::PLANES).enumerate() {
+                        let acts = load_acts(panel, F::PLANES, b, p);
+                        acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], *plane, acts);
+                    }
                 }
             }
         }
-    }
-    let mut dots = [[0i32; TILE_COLS]; R];
-    for (d, a) in dots.iter_mut().zip(&acc) {
-        for (d, a) in d.iter_mut().zip(a) {
-            *d = _mm512_reduce_add_epi32(*a);
+        for (d, a) in dots.iter_mut().zip(&acc) {
+            for (c, a) in a.iter().take(F::COLS_PER_PASS).enumerate() {
+                d[c0 + c] = _mm512_reduce_add_epi32(*a);
+            }
         }
     }
     dots
