@@ -93,9 +93,14 @@ fn ternary_unpack<'py>(
 
 /// Raises `ValueError` unless every byte of `packed` is a valid encoding.
 #[pyfunction]
-fn ternary_validate(packed: PyReadonlyArrayDyn<'_, u8>, k: usize, format: &str) -> PyResult<()> {
+fn ternary_validate(
+    py: Python<'_>,
+    packed: PyReadonlyArrayDyn<'_, u8>,
+    k: usize,
+    format: &str,
+) -> PyResult<()> {
     let matrix = packed_matrix(&packed, k, format)?;
-    Ok(pack::validate(&matrix)?)
+    run_detached(py, || pack::validate(&matrix))
 }
 
 /// The exact int32 product `q @ t.T` of int8 `q` (`(M, K)`) and a packed matrix.
