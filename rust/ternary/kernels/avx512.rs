@@ -2,10 +2,12 @@
 //! adds each group of four products straight into a 32-bit lane, so a 64-byte block of
 //! weights costs one load, its unpacking, and one `vpdpbusd` per plane and activation row.
 //!
-//! `vpdpbusd` has a long latency, so the GEMV tile (one activation row) keeps one accumulator
-//! per weight row and plane (16 or 20 independent chains). Its "i2" planes are then only
+//! `vpdpbusd` has a long latency, so the GEMV tile (one activation row) keeps several
+//! accumulators per weight row (16 or 12 independent chains). Its "i2" planes are then only
 //! masked, never shifted: `byte & (3 << 2p)` is 4^p times plane p's code, so that plane's
 //! accumulator holds 4^p times its sum and is shifted back (exactly) before it could overflow.
+//! The GEMM tile walks a block plane by plane, so that few registers are live (the compiler
+//! otherwise keeps every activation vector and spills accumulators).
 //! "t1" planes 0 and 1 come from comparisons, planes 2-4 from `vpermb` table lookups.
 
 use super::{block_offset, drive, ChunkJob, Dots, Tile, TileKernel, TILE_COLS};
@@ -43,7 +45,7 @@ impl TileKernel for Avx512Vnni {
     }
 }
 
-/// Unpacking of one 64-byte block into planes, one code per byte.
+/// Unpacking of 64-byte blocks into planes, one code per byte.
 trait Planes {
     /// Planes per block.
     const PLANES: usize;
@@ -55,10 +57,19 @@ trait Planes {
     /// Weight rows the GEMM tile unpacks side by side (fewer when decoding needs more
     /// registers); it divides [`TILE_COLS`].
     const COLS_PER_PASS: usize;
-    /// The planes of codes in {0, 1, 2} (entries past `PLANES` are unused).
-    unsafe fn codes(bytes: __m512i) -> [__m512i; 5];
     /// The planes scaled by 2^SHIFTS[p], when that is cheaper to compute.
     unsafe fn scaled(bytes: __m512i) -> [__m512i; 5];
+    /// What the GEMM tile decodes up front for the weight rows of one pass (formats that
+    /// unpack a plane cheaply on demand decode nothing here).
+    type Decoded;
+    /// Decodes the blocks `bytes` of the weight rows of one pass.
+    unsafe fn decode_all(bytes: &[__m512i; TILE_COLS]) -> Self::Decoded;
+    /// Plane p of each weight row of the pass.
+    unsafe fn plane(
+        bytes: &[__m512i; TILE_COLS],
+        decoded: &Self::Decoded,
+        p: usize,
+    ) -> [__m512i; TILE_COLS];
 }
 
 /// Four 2-bit fields: plane p = (byte >> 2p) & 3.
@@ -71,28 +82,32 @@ impl Planes for I2 {
     const COLS_PER_PASS: usize = 4;
 
     #[inline(always)]
-    unsafe fn codes(bytes: __m512i) -> [__m512i; 5] {
-        i2_codes(bytes)
-    }
-
-    #[inline(always)]
     unsafe fn scaled(bytes: __m512i) -> [__m512i; 5] {
         i2_scaled(bytes)
     }
+
+    type Decoded = ();
+
+    #[inline(always)]
+    unsafe fn decode_all(_: &[__m512i; TILE_COLS]) {}
+
+    #[inline(always)]
+    unsafe fn plane(bytes: &[__m512i; TILE_COLS], _: &(), p: usize) -> [__m512i; TILE_COLS] {
+        bytes.map(|b| i2_plane(b, p))
+    }
 }
 
+/// Plane p of an "i2" block: (byte >> 2p) & 3.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-unsafe fn i2_codes(bytes: __m512i) -> [__m512i; 5] {
-    let three = _mm512_set1_epi8(3);
-    // 16-bit shifts move bits across bytes; the mask keeps each byte's own field.
-    [
-        _mm512_and_si512(bytes, three),
-        _mm512_and_si512(_mm512_srli_epi16::<2>(bytes), three),
-        _mm512_and_si512(_mm512_srli_epi16::<4>(bytes), three),
-        _mm512_and_si512(_mm512_srli_epi16::<6>(bytes), three),
-        _mm512_setzero_si512(),
-    ]
+unsafe fn i2_plane(bytes: __m512i, p: usize) -> __m512i {
+    let shifted = match p {
+        0 => bytes,
+        1 => _mm512_srli_epi16::<2>(bytes),
+        2 => _mm512_srli_epi16::<4>(bytes),
+        _ => _mm512_srli_epi16::<6>(bytes),
+    };
+    _mm512_and_si512(shifted, _mm512_set1_epi8(3))
 }
 
 /// `byte & (3 << 2p)` = 4^p (plane p): at most 192, still an unsigned byte.
@@ -119,13 +134,28 @@ impl Planes for T1 {
     const COLS_PER_PASS: usize = 2;
 
     #[inline(always)]
-    unsafe fn codes(bytes: __m512i) -> [__m512i; 5] {
+    unsafe fn scaled(bytes: __m512i) -> [__m512i; 5] {
         t1_codes(bytes)
     }
 
+    type Decoded = [[__m512i; 5]; TILE_COLS];
+
     #[inline(always)]
-    unsafe fn scaled(bytes: __m512i) -> [__m512i; 5] {
-        t1_codes(bytes)
+    unsafe fn decode_all(bytes: &[__m512i; TILE_COLS]) -> Self::Decoded {
+        let mut decoded = [[_mm512_setzero_si512(); 5]; TILE_COLS];
+        for (d, b) in decoded.iter_mut().zip(bytes).take(Self::COLS_PER_PASS) {
+            *d = t1_codes(*b);
+        }
+        decoded
+    }
+
+    #[inline(always)]
+    unsafe fn plane(
+        _: &[__m512i; TILE_COLS],
+        decoded: &Self::Decoded,
+        p: usize,
+    ) -> [__m512i; TILE_COLS] {
+        decoded.map(|d| d[p])
     }
 }
 
@@ -241,7 +271,8 @@ unsafe fn gemv_dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
 }
 
 /// R activation rows against [`TILE_COLS`] weight rows, [`Planes::COLS_PER_PASS`] weight rows
-/// at a time: each block of weights is unpacked once and used for all R rows.
+/// at a time: each block of weights is unpacked once and used for all R rows. Plane by plane,
+/// so that only one activation vector per row is live at a time.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 #[inline]
 unsafe fn gemm_dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
@@ -252,19 +283,24 @@ unsafe fn gemm_dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
         let mut acc = [[_mm512_setzero_si512(); TILE_COLS]; R];
         for b in 0..layout.blocks() {
             let width = layout.block_width(b);
-            for (c, weights) in weights.iter().enumerate() {
-                let planes = F::codes(load_block(weights, b, width));
-                for (r, panel) in tile.panels.iter().enumerate() {
-                    for (p, plane) in planes.iter().take(F::PLANES).enumerate() {
-                        let acts = load_acts(panel, F::PLANES, b, p);
-                        acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], *plane, acts);
+            let mut bytes = [_mm512_setzero_si512(); TILE_COLS];
+            for (bytes, weights) in bytes.iter_mut().zip(weights) {
+                *bytes = load_block(weights, b, width);
+            }
+            let decoded = F::decode_all(&bytes);
+            for p in 0..F::PLANES {
+                let planes = F::plane(&bytes, &decoded, p);
+                for (acc, panel) in acc.iter_mut().zip(&tile.panels) {
+                    let acts = load_acts(panel, F::PLANES, b, p);
+                    for (acc, plane) in acc.iter_mut().zip(&planes).take(F::COLS_PER_PASS) {
+                        *acc = _mm512_dpbusd_epi32(*acc, *plane, acts);
                     }
                 }
             }
         }
-        for (d, a) in dots.iter_mut().zip(&acc) {
-            for (c, a) in a.iter().take(F::COLS_PER_PASS).enumerate() {
-                d[c0 + c] = _mm512_reduce_add_epi32(*a);
+        for (dots, acc) in dots.iter_mut().zip(&acc) {
+            for (c, acc) in acc.iter().take(F::COLS_PER_PASS).enumerate() {
+                dots[c0 + c] = _mm512_reduce_add_epi32(*acc);
             }
         }
     }
