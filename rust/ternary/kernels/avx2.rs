@@ -135,14 +135,15 @@ unsafe fn load_block(weights: &[u8], b: usize, width: usize) -> [__m256i; 2] {
 unsafe fn dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
     let layout = tile.layout;
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); TILE_COLS]; R];
     let act_block = F::PLANES * BLOCK_BYTES;
-    for b in 0..layout.blocks() {
-        let width = layout.block_width(b);
-        for (c, weights) in tile.weights.iter().enumerate() {
-            let [lo, hi] = load_block(weights, b, width);
+    let mut dots = [[0i32; TILE_COLS]; R];
+    // One weight row at a time: 16 registers hold its planes and R accumulators.
+    for (c, weights) in tile.weights.iter().enumerate() {
+        let mut acc = [_mm256_setzero_si256(); R];
+        for b in 0..layout.blocks() {
+            let [lo, hi] = load_block(weights, b, layout.block_width(b));
             let (planes_lo, planes_hi) = (F::unpack(lo), F::unpack(hi));
-            for (r, panel) in tile.panels.iter().enumerate() {
+            for (acc, panel) in acc.iter_mut().zip(&tile.panels) {
                 let acts = panel.as_ptr().add(b * act_block);
                 let mut pairs = _mm256_setzero_si256();
                 for p in 0..F::PLANES {
@@ -152,14 +153,11 @@ unsafe fn dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
                     pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(planes_lo[p], a_lo));
                     pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(planes_hi[p], a_hi));
                 }
-                acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(pairs, ones));
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
             }
         }
-    }
-    let mut dots = [[0i32; TILE_COLS]; R];
-    for (d, a) in dots.iter_mut().zip(&acc) {
-        for (d, a) in d.iter_mut().zip(a) {
-            *d = horizontal_sum(*a);
+        for (dots, acc) in dots.iter_mut().zip(&acc) {
+            dots[c] = horizontal_sum(*acc);
         }
     }
     dots
