@@ -40,7 +40,7 @@ pub enum KernelPath {
     Portable,
     /// AVX2 `vpmaddubsw`.
     Avx2,
-    /// AVX-512 BW + VNNI `vpdpbusd`.
+    /// AVX-512 BW + VNNI `vpdpbusd` (and VBMI `vpermb` to decode "t1").
     Avx512Vnni,
     /// aarch64 NEON `sdot`.
     NeonDot,
@@ -57,8 +57,8 @@ impl KernelPath {
         }
     }
 
-    /// The path for the SIMD level chosen by [`simd::isa`]. AVX-512 without VNNI runs the AVX2
-    /// kernel. `Isa` has no aarch64 level: there the dot-product kernel runs unless the portable
+    /// The path for the SIMD level chosen by [`simd::isa`]. AVX-512 without VNNI and VBMI
+    /// (e.g. Skylake-X, Cascade Lake) runs the AVX2 kernel. `Isa` has no aarch64 level: there the dot-product kernel runs unless the portable
     /// path was requested.
     pub fn current() -> KernelPath {
         match simd::isa() {
