@@ -9,6 +9,7 @@
 mod attention;
 mod mamba;
 mod rwkv;
+mod ternary;
 
 use crate::error::KernelError;
 use crate::{parallel, simd};
@@ -33,6 +34,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mamba::register(m)?;
     attention::register(m)?;
     rwkv::register(m)?;
+    ternary::register(m)?;
     Ok(())
 }
 
