@@ -89,6 +89,7 @@ def wkv7_f32(
 def wkv7_f64(
     r: F64, w: F64, k: F64, v: F64, a: F64, b: F64, state: Optional[F64], scale: float
 ) -> tuple[F64, F64]: ...
+
 # --- ternary
 I8 = npt.NDArray[np.int8]
 I32 = npt.NDArray[np.int32]
