@@ -101,7 +101,7 @@ class TernaryWeight:
             raise TypeError(f"packed: expected dtype uint8, got {packed.dtype}")
         row_bytes = _native.ternary_row_bytes(k, format)
         ck.check_shape("packed", packed, ("out_features", "row_bytes"), (n, row_bytes))
-        packed = np.ascontiguousarray(packed)
+        packed = ck.contiguous("packed", packed)
         _native.ternary_validate(packed, k, format)
         self._set(packed, (n, k), _check_gamma("gamma", gamma), format)
 
@@ -141,7 +141,7 @@ class TernaryWeight:
                     f"codes: expected values in {{-1, 0, 1}}, got {codes[at]} at index {at}"
                 )
             codes = codes.astype(np.int8)
-        packed = _native.ternary_pack(np.ascontiguousarray(codes), format)
+        packed = _native.ternary_pack(ck.contiguous("codes", codes), format)
         return cls._trusted(packed, codes.shape, gamma, format)
 
     @classmethod
@@ -156,6 +156,7 @@ class TernaryWeight:
         if packed.dtype != np.uint8:
             raise TypeError(f"packed: expected dtype uint8, got {packed.dtype}")
         ck.check_ndim("packed", packed, [("out_features / 4", "in_features")])
+        packed = ck.contiguous("packed", packed)
         if packed.size == 0:
             raise ValueError(f"packed: expected a non-empty matrix, got shape {packed.shape}")
         scale = ck.as_array("weight_scale", weight_scale)
@@ -315,7 +316,7 @@ def quantize_weights(W: Any, *, eps: float = 1e-5, format: str = "i2") -> Ternar
     if W.size == 0:
         raise ValueError(f"W: expected a non-empty matrix, got shape {W.shape}")
     eps = _check_gamma("eps", eps)
-    packed, gamma = _QUANTIZE_WEIGHTS[dtype](np.ascontiguousarray(W), eps, format)
+    packed, gamma = _QUANTIZE_WEIGHTS[dtype](ck.contiguous("W", W), eps, format)
     return TernaryWeight._trusted(packed, W.shape, gamma, format)
 
 
@@ -326,7 +327,7 @@ def _rows(name: str, x: Any) -> tuple[np.ndarray, np.dtype, tuple[int, ...], int
     if x.ndim == 0:
         raise ValueError(f"{name}: expected shape (..., in_features), got a 0-d array")
     batch, k = x.shape[:-1], x.shape[-1]
-    return np.ascontiguousarray(x).reshape(math.prod(batch), k), dtype, batch, k
+    return ck.contiguous(name, x).reshape(math.prod(batch), k), dtype, batch, k
 
 
 def quantize_activations(x: Any, *, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
@@ -389,6 +390,6 @@ def ternary_matmul_int(q: Any, weight: TernaryWeight) -> np.ndarray:
         raise ValueError("q: expected shape (..., in_features), got a 0-d array")
     batch, k = q.shape[:-1], q.shape[-1]
     _check_in_features("q", k, weight)
-    rows = np.ascontiguousarray(q).reshape(math.prod(batch), k)
+    rows = ck.contiguous("q", q).reshape(math.prod(batch), k)
     out = _native.ternary_matmul_int(rows, weight.packed, k, weight.format)
     return out.reshape(*batch, weight.out_features)
