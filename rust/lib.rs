@@ -9,6 +9,7 @@ pub mod mamba;
 pub mod parallel;
 pub mod rwkv;
 pub mod simd;
+pub mod ternary;
 
 #[cfg(feature = "python")]
 mod bindings;

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from seqkern import rwkv
+from seqkern import rwkv, ternary
 from seqkern.attention import causal_attention
 from seqkern.mamba import selective_scan, selective_state_update
 
@@ -71,7 +71,15 @@ def _wkv_call(name):
     return make
 
 
+def _bitlinear_call(seed):
+    rng = np.random.default_rng(seed)
+    weight = ternary.quantize_weights(rng.standard_normal((300, 512)).astype(np.float32))
+    x = rng.standard_normal((9, 512)).astype(np.float32)
+    return lambda: ternary.bitlinear(x, weight)
+
+
 CONCURRENT = {
+    "bitlinear": _bitlinear_call,
     "wkv6": _wkv_call("wkv6"),
     "wkv7": _wkv_call("wkv7"),
     "selective_scan": _scan_call,

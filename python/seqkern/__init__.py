@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _native, attention, mamba, reference, rwkv
+from . import _native, attention, mamba, reference, rwkv, ternary
 
 __version__: str = _native.build_info()["version"]
 
@@ -22,6 +22,7 @@ __all__ = [
     "reference",
     "rwkv",
     "set_num_threads",
+    "ternary",
 ]
 
 

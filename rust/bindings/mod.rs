@@ -10,6 +10,7 @@ mod attention;
 mod mamba;
 mod mamba2;
 mod rwkv;
+mod ternary;
 
 use crate::error::KernelError;
 use crate::{parallel, simd};
@@ -35,6 +36,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mamba2::register(m)?;
     attention::register(m)?;
     rwkv::register(m)?;
+    ternary::register(m)?;
     Ok(())
 }
 

@@ -407,16 +407,22 @@ impl<T: Real> BlockData<'_, T> {
             chunk.u[t][end - start..].fill(T::ZERO);
             chunk.delta[t][end - start..].fill(T::ZERO);
         }
+        let to_lane = |dest: &mut [Lanes<T>], src: &[T], lane: usize| {
+            for (lanes, &x) in dest[..steps].iter_mut().zip(&src[..steps]) {
+                lanes[lane] = x;
+            }
+        };
         for (lane, ch) in (start..end).enumerate() {
             let base = row_base + ch * len + t0;
-            for t in 0..steps {
-                chunk.u[t][lane] = self.inputs.u[base + t];
-                chunk.delta[t][lane] = self.inputs.delta[base + t] + bias[lane];
-            }
+            to_lane(&mut chunk.u, &self.inputs.u[base..], lane);
+            to_lane(&mut chunk.delta, &self.inputs.delta[base..], lane);
             if let Some(z) = self.inputs.z {
-                for t in 0..steps {
-                    chunk.z[t][lane] = z[base + t];
-                }
+                to_lane(&mut chunk.z, &z[base..], lane);
+            }
+        }
+        for lanes in chunk.delta[..steps].iter_mut() {
+            for (x, &b) in lanes.iter_mut().zip(bias) {
+                *x += b;
             }
         }
         if self.inputs.delta_softplus {
@@ -431,8 +437,9 @@ impl<T: Real> BlockData<'_, T> {
                 let group = start / (dim / groups);
                 let base = (self.batch * groups + group) * n * len + t0;
                 for k in 0..n {
-                    for t in 0..steps {
-                        dest[t * n + k] = data[base + k * len + t];
+                    let src = &data[base + k * len..][..steps];
+                    for (row, &x) in dest.chunks_exact_mut(n).zip(src) {
+                        row[k] = x;
                     }
                 }
             }
@@ -447,19 +454,21 @@ impl<T: Real> BlockData<'_, T> {
 
     /// Applies the gate and writes the chunk's outputs back to `(channel, L)` rows.
     #[inline(always)]
-    fn store_chunk<A: Arch>(&self, chunk: &Chunk<T>, out: &mut [T], t0: usize, steps: usize) {
+    fn store_chunk<A: Arch>(&self, chunk: &mut Chunk<T>, out: &mut [T], t0: usize, steps: usize) {
         let len = self.dims.len;
         let width = self.channels.1 - self.channels.0;
-        let gated = self.inputs.z.is_some();
+        if self.inputs.z.is_some() {
+            // out = y * silu(z), vectorised across lanes before the transpose.
+            for (y, z) in chunk.y[..steps].iter_mut().zip(&chunk.z[..steps]) {
+                for l in 0..LANES {
+                    y[l] *= z[l].silu_on::<A>();
+                }
+            }
+        }
         for lane in 0..width {
             let row = &mut out[lane * len + t0..lane * len + t0 + steps];
-            for (t, o) in row.iter_mut().enumerate() {
-                let y = chunk.y[t][lane];
-                *o = if gated {
-                    y * chunk.z[t][lane].silu_on::<A>()
-                } else {
-                    y
-                };
+            for (o, y) in row.iter_mut().zip(&chunk.y[..steps]) {
+                *o = y[lane];
             }
         }
     }

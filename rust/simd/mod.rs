@@ -10,7 +10,7 @@ pub mod math;
 
 pub use math::Real;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// An instruction-set level a kernel can be compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +82,7 @@ pub fn detected_isa() -> Isa {
 }
 
 static CHOSEN: AtomicU8 = AtomicU8::new(0);
+static PORTABLE_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// The ISA kernels use now: the detected one, unless `SEQKERN_SIMD` or [`force_isa`] chose a
 /// lower one.
@@ -93,6 +94,7 @@ pub fn isa() -> Isa {
         .ok()
         .and_then(|v| Isa::from_name(&v));
     let chosen = clamp_to_cpu(requested.unwrap_or_else(detected_isa));
+    PORTABLE_REQUESTED.store(requested == Some(Isa::Scalar), Ordering::Relaxed);
     CHOSEN.store(chosen.code(), Ordering::Relaxed);
     chosen
 }
@@ -101,8 +103,16 @@ pub fn isa() -> Isa {
 /// Returns the ISA now in use.
 pub fn force_isa(isa: Option<Isa>) -> Isa {
     let chosen = clamp_to_cpu(isa.unwrap_or_else(detected_isa));
+    PORTABLE_REQUESTED.store(isa == Some(Isa::Scalar), Ordering::Relaxed);
     CHOSEN.store(chosen.code(), Ordering::Relaxed);
     chosen
+}
+
+/// Whether the portable path was asked for (`SEQKERN_SIMD=scalar` or
+/// `force_isa(Some(Isa::Scalar))`) rather than being the best this CPU offers. Kernels with
+/// paths outside [`Isa`] (NEON dot products on aarch64) check it to honour the same switch.
+pub fn portable_requested() -> bool {
+    isa() == Isa::Scalar && PORTABLE_REQUESTED.load(Ordering::Relaxed)
 }
 
 fn clamp_to_cpu(wanted: Isa) -> Isa {

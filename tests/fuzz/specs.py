@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from seqkern import attention, mamba, rwkv
+from seqkern import attention, mamba, rwkv, ternary
 
 Kwargs = dict[str, Any]
 
@@ -155,6 +155,46 @@ def _y_and_state(a):
     return (a["k"].shape, a["state"].shape)
 
 
+def _weight(rng, k, n, fmt="i2"):
+    return ternary.quantize_weights(rng.standard_normal((n, k)), format=fmt)
+
+
+def _bitlinear_args(rng, dtype):
+    m, k, n, _ = _sizes(rng)
+    fmt = "t1" if rng.integers(2) else "i2"
+    return dict(
+        x=_normal(rng, dtype, m, k), weight=_weight(rng, k, n, fmt), bias=_normal(rng, dtype, n)
+    )
+
+
+def _matmul_int_args(rng, dtype):
+    m, k, n, _ = _sizes(rng)
+    q = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    return dict(q=q, weight=_weight(rng, k, n))
+
+
+def _quantize_weights_args(rng, dtype):
+    _, k, n, _ = _sizes(rng)
+    return dict(W=_normal(rng, dtype, n, k))
+
+
+def _quantize_activations_args(rng, dtype):
+    m, k, _, _ = _sizes(rng)
+    return dict(x=_normal(rng, dtype, m, k))
+
+
+def _from_codes_args(rng, dtype):
+    _, k, n, _ = _sizes(rng)
+    return dict(codes=rng.integers(-1, 2, (n, k)).astype(np.int8), gamma=0.5)
+
+
+def _from_hf_packed_args(rng, dtype):
+    _, k, rows, _ = _sizes(rng)
+    return dict(
+        packed=rng.integers(0, 256, (rows, k)).astype(np.uint8) & 0b10101010, weight_scale=2.0
+    )
+
+
 SPECS: list[Spec] = [
     Spec(
         "selective_scan",
@@ -181,6 +221,36 @@ SPECS: list[Spec] = [
     Spec("wkv5", rwkv.wkv5, _wkv_bonus_args(per_token=False), _y_and_state),
     Spec("wkv6", rwkv.wkv6, _wkv_bonus_args(per_token=True), _y_and_state),
     Spec("wkv7", rwkv.wkv7, _wkv7_args, _y_and_state),
+    Spec(
+        "bitlinear",
+        ternary.bitlinear,
+        _bitlinear_args,
+        lambda a: a["x"].shape[:-1] + (a["weight"].out_features,),
+    ),
+    Spec(
+        "ternary_matmul_int",
+        ternary.ternary_matmul_int,
+        _matmul_int_args,
+        lambda a: a["q"].shape[:-1] + (a["weight"].out_features,),
+    ),
+    Spec(
+        "quantize_activations",
+        ternary.quantize_activations,
+        _quantize_activations_args,
+        lambda a: (a["x"].shape, a["x"].shape[:-1] + (1,)),
+    ),
+    Spec(
+        "TernaryWeight.from_codes",
+        ternary.TernaryWeight.from_codes,
+        _from_codes_args,
+        lambda a: a["codes"].shape,
+    ),
+    Spec(
+        "TernaryWeight.from_hf_packed",
+        ternary.TernaryWeight.from_hf_packed,
+        _from_hf_packed_args,
+        lambda a: (4 * a["packed"].shape[0], a["packed"].shape[1]),
+    ),
 ]
 
 

@@ -4,6 +4,6 @@ They are the test oracle and the baseline of the benchmark reports; each docstri
 formula its kernel computes.
 """
 
-from . import attention, mamba, rwkv
+from . import attention, mamba, rwkv, ternary
 
-__all__ = ["attention", "mamba", "rwkv"]
+__all__ = ["attention", "mamba", "rwkv", "ternary"]

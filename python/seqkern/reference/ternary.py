@@ -1,0 +1,47 @@
+"""NumPy references of the ternary (BitNet b1.58) kernels.
+
+Weights follow ``nn.Linear``: ``W`` and ``codes`` are (out_features, in_features) = (N, K).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def quantize_weights(W, eps=1e-5):
+    """Per-tensor absmean to {-1, 0, 1}, in W's dtype; returns ``(codes int8, gamma)``::
+
+    gamma = max(mean|W|, eps);  codes = clip(round_half_even(W * (1 / gamma)), -1, 1)
+
+    with mean|W| = (the correctly rounded float64 sum of |W|) / count, rounded to W's dtype."""
+    t = W.dtype.type
+    mean = math.fsum(np.abs(W, dtype=np.float64).ravel().tolist()) / W.size
+    gamma = np.maximum(t(mean), t(eps))
+    codes = np.clip(np.rint(W * (t(1) / gamma)), -1, 1).astype(np.int8)
+    return codes, gamma
+
+
+def quantize_activations(x, eps=1e-5):
+    """Per-token absmax to int8, in x's dtype; returns ``(q int8, scale (..., 1))``::
+
+    scale = 127 * (1 / max(max|x|, eps));  q = clip(round_half_even(x * scale), -128, 127)
+    """
+    t = x.dtype.type
+    amax = np.maximum(np.abs(x).max(axis=-1, keepdims=True), t(eps))
+    scale = (t(1) / amax) * t(127)
+    return np.clip(np.rint(x * scale), -128, 127).astype(np.int8), scale
+
+
+def ternary_matmul_int(q, codes):
+    """``q @ codes.T`` exactly (int64 accumulation), as int32."""
+    return (q.astype(np.int64) @ codes.astype(np.int64).T).astype(np.int32)
+
+
+def bitlinear(x, codes, gamma, bias=None):
+    """BitLinear forward in float64: ``y = (q @ codes.T) * gamma / scale (+ bias)`` with
+    ``q, scale = quantize_activations(x)``."""
+    q, scale = quantize_activations(x)
+    y = ternary_matmul_int(q, codes) * (np.float64(gamma) / scale.astype(np.float64))
+    return y if bias is None else y + bias

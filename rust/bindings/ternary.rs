@@ -1,0 +1,236 @@
+//! Bindings of the ternary (BitNet b1.58) kernels. Packed weights travel as a uint8 array of
+//! shape `(N, row_bytes)` plus `k` and the format name; `seqkern.ternary.TernaryWeight` keeps
+//! them together.
+
+use super::{as_opt_slice, as_slice, run_detached, to_numpy};
+use crate::error::checked_product;
+use crate::ternary::kernels::KernelPath;
+use crate::ternary::matmul;
+use crate::ternary::pack::{self, Format, Layout, PackedMatrix};
+use crate::ternary::quantize::{self, QuantFloat};
+use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(ternary_row_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_kernel_path, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_unpack, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_validate, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_matmul_int, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_quantize_weights_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_quantize_weights_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_quantize_activations_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_quantize_activations_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_bitlinear_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_bitlinear_f64, m)?)?;
+    Ok(())
+}
+
+/// `[rows, cols]` of a 2-D array, or a `ValueError` naming `name`.
+fn matrix_dims(name: &str, shape: &[usize]) -> PyResult<[usize; 2]> {
+    shape.try_into().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name}: expected 2 dimensions, got shape {shape:?}"
+        ))
+    })
+}
+
+/// The packed matrix of `packed` (`(N, row_bytes)`) with rows of `k` weights.
+fn packed_matrix<'a>(
+    packed: &'a PyReadonlyArrayDyn<'_, u8>,
+    k: usize,
+    format: &str,
+) -> PyResult<PackedMatrix<'a>> {
+    let [n, _] = matrix_dims("packed", packed.shape())?;
+    Ok(PackedMatrix::new(
+        as_slice("packed", packed)?,
+        n,
+        k,
+        Format::from_name(format)?,
+    )?)
+}
+
+/// Bytes of one packed row of `k` weights in `format`.
+#[pyfunction]
+fn ternary_row_bytes(k: usize, format: &str) -> PyResult<usize> {
+    Ok(Layout::new(Format::from_name(format)?, k).row_bytes())
+}
+
+/// The kernel the current SIMD setting runs: "avx512_vnni", "avx2", "neon_dotprod" or "scalar".
+#[pyfunction]
+fn ternary_kernel_path() -> &'static str {
+    KernelPath::current().name()
+}
+
+/// Packs ternary `codes` (int8 `(N, K)`, values in {-1, 0, 1}) into `format`.
+#[pyfunction]
+fn ternary_pack<'py>(
+    py: Python<'py>,
+    codes: PyReadonlyArrayDyn<'py, i8>,
+    format: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+    let [n, k] = matrix_dims("codes", codes.shape())?;
+    let format = Format::from_name(format)?;
+    let trits = as_slice("codes", &codes)?;
+    let packed = run_detached(py, || pack::pack(trits, n, k, format))?;
+    to_numpy(py, &[n, Layout::new(format, k).row_bytes()], packed)
+}
+
+/// The ternary values (int8 `(N, K)`) of a packed matrix.
+#[pyfunction]
+fn ternary_unpack<'py>(
+    py: Python<'py>,
+    packed: PyReadonlyArrayDyn<'py, u8>,
+    k: usize,
+    format: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<i8>>> {
+    let matrix = packed_matrix(&packed, k, format)?;
+    let trits = run_detached(py, || Ok(pack::unpack(&matrix)))?;
+    to_numpy(py, &[matrix.n, k], trits)
+}
+
+/// Raises `ValueError` unless every byte of `packed` is a valid encoding.
+#[pyfunction]
+fn ternary_validate(
+    py: Python<'_>,
+    packed: PyReadonlyArrayDyn<'_, u8>,
+    k: usize,
+    format: &str,
+) -> PyResult<()> {
+    let matrix = packed_matrix(&packed, k, format)?;
+    run_detached(py, || pack::validate(&matrix))
+}
+
+/// The exact int32 product `q @ t.T` of int8 `q` (`(M, K)`) and a packed matrix.
+#[pyfunction]
+fn ternary_matmul_int<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, i8>,
+    packed: PyReadonlyArrayDyn<'py, u8>,
+    k: usize,
+    format: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<i32>>> {
+    let [m, _] = matrix_dims("q", q.shape())?;
+    let matrix = packed_matrix(&packed, k, format)?;
+    let q = as_slice("q", &q)?;
+    let len = checked_product("q", &[m, matrix.n])?;
+    let out = run_detached(py, || {
+        let mut out = vec![0i32; len];
+        matmul::ternary_matmul_int(q, m, &matrix, &mut out)?;
+        Ok(out)
+    })?;
+    to_numpy(py, &[m, matrix.n], out)
+}
+
+fn quantize_weights_generic<'py, T: QuantFloat + Element>(
+    py: Python<'py>,
+    w: PyReadonlyArrayDyn<'py, T>,
+    eps: f64,
+    format: &str,
+) -> PyResult<(Bound<'py, PyArrayDyn<u8>>, f64)> {
+    let [n, k] = matrix_dims("W", w.shape())?;
+    let format = Format::from_name(format)?;
+    let w = as_slice("W", &w)?;
+    let (packed, gamma) = run_detached(py, || {
+        let (trits, gamma) = quantize::quantize_weights(w, n, k, T::from_f64(eps))?;
+        Ok((pack::pack(&trits, n, k, format)?, gamma))
+    })?;
+    let packed = to_numpy(py, &[n, Layout::new(format, k).row_bytes()], packed)?;
+    Ok((packed, gamma.to_f64()))
+}
+
+type Quantized<'py, T> = (Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArrayDyn<T>>);
+
+fn quantize_activations_generic<'py, T: QuantFloat + Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    eps: f64,
+) -> PyResult<Quantized<'py, T>> {
+    let [m, k] = matrix_dims("x", x.shape())?;
+    let x = as_slice("x", &x)?;
+    let len = checked_product("x", &[m, k])?;
+    let (q, scales) = run_detached(py, || {
+        let mut q = vec![0i8; len];
+        let mut scales = vec![T::ZERO; m];
+        quantize::quantize_activations(x, m, k, T::from_f64(eps), &mut q, &mut scales)?;
+        Ok((q, scales))
+    })?;
+    Ok((to_numpy(py, &[m, k], q)?, to_numpy(py, &[m], scales)?))
+}
+
+fn bitlinear_generic<'py, T: QuantFloat + Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    packed: PyReadonlyArrayDyn<'py, u8>,
+    k: usize,
+    format: &str,
+    gamma: f64,
+    bias: Option<PyReadonlyArrayDyn<'py, T>>,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let [m, _] = matrix_dims("x", x.shape())?;
+    let matrix = packed_matrix(&packed, k, format)?;
+    let x = as_slice("x", &x)?;
+    let bias = as_opt_slice("bias", &bias)?;
+    let len = checked_product("x", &[m, matrix.n])?;
+    let out = run_detached(py, || {
+        let mut out = vec![T::ZERO; len];
+        matmul::bitlinear(x, m, &matrix, gamma, bias, &mut out)?;
+        Ok(out)
+    })?;
+    to_numpy(py, &[m, matrix.n], out)
+}
+
+macro_rules! typed_entry_points {
+    ($t:ty, $weights:ident, $activations:ident, $bitlinear:ident) => {
+        /// Quantizes W (`(N, K)`) and packs it: returns `(packed, gamma)`.
+        #[pyfunction]
+        fn $weights<'py>(
+            py: Python<'py>,
+            w: PyReadonlyArrayDyn<'py, $t>,
+            eps: f64,
+            format: &str,
+        ) -> PyResult<(Bound<'py, PyArrayDyn<u8>>, f64)> {
+            quantize_weights_generic(py, w, eps, format)
+        }
+
+        /// Quantizes x (`(M, K)`) per row: returns `(q, scale)` with scale `(M,)`.
+        #[pyfunction]
+        fn $activations<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            eps: f64,
+        ) -> PyResult<Quantized<'py, $t>> {
+            quantize_activations_generic(py, x, eps)
+        }
+
+        /// BitLinear forward of x (`(M, K)`) with packed weights: `(M, N)`.
+        #[pyfunction]
+        #[pyo3(signature = (x, packed, k, format, gamma, bias))]
+        fn $bitlinear<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            packed: PyReadonlyArrayDyn<'py, u8>,
+            k: usize,
+            format: &str,
+            gamma: f64,
+            bias: Option<PyReadonlyArrayDyn<'py, $t>>,
+        ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
+            bitlinear_generic(py, x, packed, k, format, gamma, bias)
+        }
+    };
+}
+
+typed_entry_points!(
+    f32,
+    ternary_quantize_weights_f32,
+    ternary_quantize_activations_f32,
+    ternary_bitlinear_f32
+);
+typed_entry_points!(
+    f64,
+    ternary_quantize_weights_f64,
+    ternary_quantize_activations_f64,
+    ternary_bitlinear_f64
+);

@@ -1,0 +1,319 @@
+//! int8 activations x packed ternary weights, and the BitLinear forward built on it.
+//!
+//! ```text
+//! acc[m, n] = sum_k t[n, k] q[m, k]                      exact, in int32
+//! y[m, n]   = acc[m, n] * gamma / scale[m] (+ bias[n])   bitlinear
+//! ```
+//!
+//! The activation rows are first copied to kernel order ("panels", see
+//! [`super::pack::fill_panel`]) with their sums. The weight rows are then split into chunks of
+//! consecutive rows that run in parallel; each chunk walks the activation rows a few at a time
+//! ([`super::kernels::TILE_ROWS`]), so a block of weights is unpacked once for several tokens.
+//! M = 1 is the same loop with one activation row per tile. All sums are integers, so the
+//! result is the same on every code path and for every thread count.
+
+use super::kernels::{run_chunk, ChunkJob, KernelPath, TILE_COLS};
+use super::pack::{fill_panel, Layout, PackedMatrix};
+use super::quantize::{QuantFloat, QuantizeRow};
+use crate::error::{check_len, checked_product, KernelError};
+use crate::simd;
+use rayon::prelude::*;
+
+/// The largest K whose exact products fit in int32: |acc| <= 128 K < 2^31.
+/// (K = 0 is refused too: an empty dot product is no layer.)
+pub const MAX_K: usize = (1 << 24) - 1;
+
+/// Weight rows per parallel chunk, at most: 64 rows of K = 4096 in "i2" are 64 KiB, which stay
+/// in L2 while the activation rows stream past.
+const MAX_CHUNK_ROWS: usize = 16 * TILE_COLS;
+
+/// `out = q @ t.T` exactly: `q` is `(m, K)` int8, `out` `(m, N)` int32.
+pub fn ternary_matmul_int(
+    q: &[i8],
+    m: usize,
+    weight: &PackedMatrix<'_>,
+    out: &mut [i32],
+) -> Result<(), KernelError> {
+    let layout = weight.layout;
+    check_len("q", q, &[m, layout.k])?;
+    check_len("out", out, &[m, weight.n])?;
+    check_k(&layout)?;
+    let panels = Panels::from_rows(m, &layout, |i, row| {
+        row.copy_from_slice(&q[i * layout.k..][..layout.k])
+    })?;
+    multiply(&panels, weight, out);
+    Ok(())
+}
+
+/// `y = bitlinear(x)`: `x` is `(m, K)`, `bias` `(N,)`, `out` `(m, N)`; activations are quantized
+/// per row with `eps = 1e-5` exactly as [`super::quantize::quantize_activations`] does.
+pub fn bitlinear<T: QuantFloat>(
+    x: &[T],
+    m: usize,
+    weight: &PackedMatrix<'_>,
+    gamma: f64,
+    bias: Option<&[T]>,
+    out: &mut [T],
+) -> Result<(), KernelError> {
+    let (layout, n) = (weight.layout, weight.n);
+    check_len("x", x, &[m, layout.k])?;
+    check_len("out", out, &[m, n])?;
+    if let Some(bias) = bias {
+        check_len("bias", bias, &[n])?;
+    }
+    check_k(&layout)?;
+    if !(gamma.is_finite() && gamma > 0.0) {
+        return Err(KernelError::value(
+            "gamma",
+            format!("expected a finite value > 0, got {gamma}"),
+        ));
+    }
+    let eps = T::from_f64(1e-5);
+    let isa = simd::isa();
+    let mut scales = vec![T::ZERO; m];
+    let panels = Panels::try_from_rows(m, &layout, &mut scales, |i, q, scale| {
+        let x = &x[i * layout.k..][..layout.k];
+        *scale = simd::dispatch_on(isa, QuantizeRow { x, q, eps })?;
+        Ok(())
+    })?;
+    let mut acc = vec![0i32; out.len()];
+    multiply(&panels, weight, &mut acc);
+    if n > 0 {
+        out.par_chunks_mut(n)
+            .zip(acc.par_chunks(n))
+            .zip(scales.par_iter())
+            .for_each(|((y, acc), &scale)| rescale_row(y, acc, gamma / scale.to_f64(), bias));
+    }
+    Ok(())
+}
+
+/// `y = acc * factor (+ bias)`, computed in f64 and rounded once.
+fn rescale_row<T: QuantFloat>(y: &mut [T], acc: &[i32], factor: f64, bias: Option<&[T]>) {
+    match bias {
+        None => {
+            for (y, &a) in y.iter_mut().zip(acc) {
+                *y = T::from_f64(f64::from(a) * factor);
+            }
+        }
+        Some(bias) => {
+            for ((y, &a), &b) in y.iter_mut().zip(acc).zip(bias) {
+                *y = T::from_f64(f64::from(a) * factor + b.to_f64());
+            }
+        }
+    }
+}
+
+fn check_k(layout: &Layout) -> Result<(), KernelError> {
+    if (1..=MAX_K).contains(&layout.k) {
+        Ok(())
+    } else {
+        Err(KernelError::value(
+            "weight",
+            format!(
+                "expected 1 <= in_features <= {MAX_K} (beyond it int32 sums can overflow), got {}",
+                layout.k
+            ),
+        ))
+    }
+}
+
+/// Activation rows in kernel order, with their sums.
+struct Panels {
+    data: Vec<i8>,
+    row_sums: Vec<i32>,
+}
+
+impl Panels {
+    /// Builds the panels of `m` rows; `fill(i, row)` writes row i's K int8 values.
+    fn from_rows(
+        m: usize,
+        layout: &Layout,
+        fill: impl Fn(usize, &mut [i8]) + Sync,
+    ) -> Result<Panels, KernelError> {
+        Panels::try_from_rows(m, layout, &mut vec![(); m], |i, q, _| {
+            fill(i, q);
+            Ok(())
+        })
+    }
+
+    /// Like [`Panels::from_rows`] with a fallible `fill(i, row, extra_i)`.
+    fn try_from_rows<E: Send>(
+        m: usize,
+        layout: &Layout,
+        extra: &mut [E],
+        fill: impl Fn(usize, &mut [i8], &mut E) -> Result<(), KernelError> + Sync,
+    ) -> Result<Panels, KernelError> {
+        let len = layout.panel_len();
+        let mut data = vec![0i8; checked_product("x", &[m, len])?];
+        let mut row_sums = vec![0i32; m];
+        // K >= 1 (see `check_k`), so every row has a non-empty panel.
+        if len > 0 {
+            data.par_chunks_mut(len)
+                .zip(row_sums.par_iter_mut())
+                .zip(extra.par_iter_mut())
+                .enumerate()
+                .try_for_each_init(
+                    || vec![0i8; layout.k],
+                    |q, (i, ((panel, sum), extra))| {
+                        fill(i, q, extra)?;
+                        *sum = q.iter().map(|&v| i32::from(v)).sum();
+                        fill_panel(q, layout, panel);
+                        Ok(())
+                    },
+                )?;
+        }
+        Ok(Panels { data, row_sums })
+    }
+}
+
+/// `out[m, n] = sum_k t[n, k] q[m, k]`, weight rows split into parallel chunks.
+fn multiply(panels: &Panels, weight: &PackedMatrix<'_>, out: &mut [i32]) {
+    let (m, n) = (panels.row_sums.len(), weight.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let layout = weight.layout;
+    let path = KernelPath::current();
+    let rows = chunk_rows(n);
+    let row_bytes = layout.row_bytes();
+    split_columns(out, n, rows)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let first = chunk * rows;
+            let count = rows.min(n - first);
+            let job = ChunkJob {
+                layout: &layout,
+                weights: &weight.data[first * row_bytes..(first + count) * row_bytes],
+                panels: &panels.data,
+                row_sums: &panels.row_sums,
+                out,
+            };
+            run_chunk(path, job);
+        });
+}
+
+/// Weight rows per chunk: a multiple of [`TILE_COLS`], small enough for about four chunks per
+/// thread, at most [`MAX_CHUNK_ROWS`].
+fn chunk_rows(n: usize) -> usize {
+    let tasks = 4 * rayon::current_num_threads();
+    let tiles = n
+        .div_ceil(TILE_COLS)
+        .div_ceil(tasks)
+        .clamp(1, MAX_CHUNK_ROWS / TILE_COLS);
+    tiles * TILE_COLS
+}
+
+/// Splits the rows of `out` (`(m, n)`) at every `chunk` columns: entry c holds, for each row,
+/// its columns `c chunk .. (c + 1) chunk`, so that chunks can be written in parallel.
+fn split_columns(out: &mut [i32], n: usize, chunk: usize) -> Vec<Vec<&mut [i32]>> {
+    let rows = out.len() / n;
+    let mut chunks: Vec<Vec<&mut [i32]>> = (0..n.div_ceil(chunk))
+        .map(|_| Vec::with_capacity(rows))
+        .collect();
+    for row in out.chunks_mut(n) {
+        for (c, piece) in row.chunks_mut(chunk).enumerate() {
+            chunks[c].push(piece);
+        }
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::Isa;
+    use crate::ternary::kernels::KernelPath;
+    use crate::ternary::pack::{pack, Format};
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+    }
+
+    fn reference(trits: &[i8], q: &[i8], m: usize, n: usize, k: usize) -> Vec<i32> {
+        let mut out = vec![0i32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: i64 = (0..k)
+                    .map(|x| i64::from(trits[j * k + x]) * i64::from(q[i * k + x]))
+                    .sum();
+                out[i * n + j] = dot as i32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_path_matches_the_reference() {
+        let mut rng = Lcg(7);
+        let mut paths = std::collections::BTreeSet::new();
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 257),
+            (5, 9, 320),
+            (6, 7, 1000),
+            (2, 13, 2560),
+        ] {
+            let trits: Vec<i8> = (0..n * k).map(|_| (rng.next() % 3) as i8 - 1).collect();
+            let q: Vec<i8> = (0..m * k).map(|_| rng.next() as i8).collect();
+            let expected = reference(&trits, &q, m, n, k);
+            for format in [Format::I2, Format::T1] {
+                let packed = pack(&trits, n, k, format).unwrap();
+                let weight = PackedMatrix::new(&packed, n, k, format).unwrap();
+                for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                    simd::force_isa(Some(isa));
+                    paths.insert(KernelPath::current().name());
+                    let mut out = vec![0i32; m * n];
+                    ternary_matmul_int(&q, m, &weight, &mut out).unwrap();
+                    assert_eq!(out, expected, "{format:?} {isa:?} m={m} n={n} k={k}");
+                }
+                simd::force_isa(None);
+            }
+        }
+        // Every path this CPU has was exercised.
+        assert!(paths.contains("scalar"));
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            assert!(paths.contains("avx2"));
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            assert!(paths.contains("neon_dotprod"));
+        }
+    }
+
+    #[test]
+    fn gemv_stays_exact_past_2_pow_23_weights() {
+        // Scaled "i2" plane accumulators would wrap here without their periodic shift back.
+        let k = 8_400_000;
+        let trits = vec![1i8; k];
+        let q = vec![-128i8; k];
+        let packed = pack(&trits, 1, k, Format::I2).unwrap();
+        let weight = PackedMatrix::new(&packed, 1, k, Format::I2).unwrap();
+        let mut out = [0i32];
+        ternary_matmul_int(&q, 1, &weight, &mut out).unwrap();
+        assert_eq!(out[0], -128 * k as i32);
+    }
+
+    #[test]
+    fn extremes_do_not_overflow() {
+        let (m, n, k) = (2, 2, 65536);
+        let trits: Vec<i8> = (0..n * k).map(|i| if i < k { 1 } else { -1 }).collect();
+        let q: Vec<i8> = (0..m * k).map(|i| if i < k { -128 } else { 127 }).collect();
+        let expected = reference(&trits, &q, m, n, k);
+        for format in [Format::I2, Format::T1] {
+            let packed = pack(&trits, n, k, format).unwrap();
+            let weight = PackedMatrix::new(&packed, n, k, format).unwrap();
+            let mut out = vec![0i32; m * n];
+            ternary_matmul_int(&q, m, &weight, &mut out).unwrap();
+            assert_eq!(out, expected);
+        }
+    }
+}
