@@ -14,7 +14,7 @@ import numpy as np
 import seqkern
 
 from .cases import Case, all_cases
-from .timing import median_seconds
+from .timing import median_seconds, settle_after_numpy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +49,7 @@ def measure_case(case: Case, repeats: int) -> dict[str, Any]:
     fast, reference = case.make(np.random.default_rng(0))
     t_fast = median_seconds(fast, repeats=repeats)
     t_ref = median_seconds(reference, repeats=max(1, repeats // 2), min_seconds=0.0)
+    settle_after_numpy()
     return {
         "family": case.family,
         "kernel": case.kernel,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .analysis import Point, fit_slope, predict_next
-from .timing import sample_seconds
+from .timing import sample_seconds, settle_after_numpy
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
 F32 = np.float32
@@ -381,6 +381,8 @@ class SweepRunner:
             if remaining:
                 self.progress(f"{kernel.name:<16} {impl:<7} stopped after the failure", remaining)
             return False
+        if impl == "numpy":
+            settle_after_numpy()
         median = float(np.median(samples))
         series.points.append({"length": length, "seconds": median, "samples": samples})
         self.progress(f"{kernel.name:<16} {impl:<7} L={length:<6} {_ms(median)}", 1)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .sweeps import Unavailable, resolve
-from .timing import median_seconds
+from .timing import median_seconds, settle_after_numpy
 
 # (in_features, out_features): a 4096-wide projection, and BitNet b1.58 2B4T's feed-forward
 # up (2560 -> 6912) and down (6912 -> 2560) projections.
@@ -73,6 +73,7 @@ def run(
             for m, x in activations.items():
                 if m not in numpy_seconds:
                     numpy_seconds[m] = median_seconds(partial(np.matmul, x, W.T), repeats)
+                    settle_after_numpy()
                 try:
                     fast = median_seconds(partial(bitlinear, x, weight), repeats)
                 except Exception as exc:  # noqa: BLE001

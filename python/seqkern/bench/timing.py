@@ -37,3 +37,14 @@ def sample_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) 
         fn()
         samples.append(time.perf_counter() - start)
     return samples
+
+
+# OpenBLAS's threads busy-wait for a while after a call (about 0.1 s) before they sleep; a
+# seqkern timing taken right after a NumPy reference would share the cores with them.
+BLAS_SETTLE_SECONDS = 0.25
+
+
+def settle_after_numpy() -> None:
+    """Waits until NumPy's BLAS threads have gone to sleep."""
+    time.sleep(BLAS_SETTLE_SECONDS)
+
