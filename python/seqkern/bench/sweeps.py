@@ -187,7 +187,7 @@ RECURRENCES = [
         "mamba2-1.3b layer",
         f"B 1, {SSD_HEADS} heads x {SSD_HEADDIM}, dstate {SSD_STATE}, 1 group, D, float32",
         ("seqkern.mamba", "ssd_scan"),
-        ("seqkern.reference.mamba", "ssd_scan"),
+        ("seqkern.reference.mamba", "ssd_scan_chunked"),
         _ssd_inputs,
         _ssd_reference_bytes,
     ),
