@@ -404,7 +404,7 @@ def test_families_from_other_branches_light_up_when_present(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "seqkern.reference.rwkv", rwkv)
     monkeypatch.setitem(sys.modules, "seqkern.ternary", _ternary_stand_in())
     monkeypatch.setattr(seqkern.mamba, "ssd_scan", _ssd_stand_in, raising=False)
-    monkeypatch.setattr(seqkern.reference.mamba, "ssd_scan", _ssd_stand_in, raising=False)
+    monkeypatch.setattr(seqkern.reference.mamba, "ssd_scan_chunked", _ssd_stand_in, raising=False)
     args = [
         "--sections", "sweep,ternary", "--kernels", "causal_attention,wkv6,wkv7,ssd_scan",
         "--ternary-shapes", "64x48,40x24", "--ternary-tokens", "1,5",
