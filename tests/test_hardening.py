@@ -13,7 +13,7 @@ import pytest
 
 from seqkern import rwkv, ternary
 from seqkern.attention import causal_attention
-from seqkern.mamba import selective_scan, selective_state_update
+from seqkern.mamba import causal_conv1d, selective_scan, selective_state_update, ssd_scan
 
 # --- concurrency: each entry builds inputs from a seed and calls one kernel.
 
@@ -78,7 +78,42 @@ def _bitlinear_call(seed):
     return lambda: ternary.bitlinear(x, weight)
 
 
+def _ssd_call(seed):
+    rng = np.random.default_rng(seed)
+    b, length, h, p, n = 1, 100, 4, 8, 16
+    x = rng.standard_normal((b, length, h, p)).astype(np.float32)
+    dt = rng.standard_normal((b, length, h)).astype(np.float32)
+    A = -np.exp(rng.standard_normal(h)).astype(np.float32)
+    B, C = (rng.standard_normal((b, length, 1, n)).astype(np.float32) for _ in range(2))
+    return lambda: ssd_scan(x, dt, A, B, C, dt_softplus=True, return_final_states=True)
+
+
+def _conv_call(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 64, 300)).astype(np.float32)
+    weight = rng.standard_normal((64, 4)).astype(np.float32)
+    return lambda: causal_conv1d(x, weight, activation="silu", return_final_states=True)
+
+
+def _wkv_small_call(name):
+    def make(seed):
+        rng = np.random.default_rng(seed)
+        if name == "wkv4":
+            k, v = (rng.standard_normal((2, 100, 64)).astype(np.float32) for _ in range(2))
+            w, u = -np.exp(rng.standard_normal(64)).astype(np.float32), np.ones(64, np.float32)
+            return lambda: rwkv.wkv4(w, u, k, v)
+        r, k, v = (rng.standard_normal((1, 64, 4, 16)).astype(np.float32) for _ in range(3))
+        w = -np.exp(rng.standard_normal((4, 16))).astype(np.float32)
+        return lambda: rwkv.wkv5(r, k, v, w, np.ones((4, 16), np.float32))
+
+    return make
+
+
 CONCURRENT = {
+    "ssd_scan": _ssd_call,
+    "causal_conv1d": _conv_call,
+    "wkv4": _wkv_small_call("wkv4"),
+    "wkv5": _wkv_small_call("wkv5"),
     "bitlinear": _bitlinear_call,
     "wkv6": _wkv_call("wkv6"),
     "wkv7": _wkv_call("wkv7"),
