@@ -1,6 +1,6 @@
 //! Bindings of the Mamba-2 SSD scan and of the causal depthwise conv1d.
 
-use super::{as_mut_slice, as_opt_slice, as_slice, run_detached, to_numpy};
+use super::{as_mut_slice, as_opt_slice, as_slice, run_detached, run_detached_on_caller, to_numpy};
 use crate::error::checked_product;
 use crate::mamba::conv1d::{self, ConvDims, ConvInputs};
 use crate::mamba::ssd::{ssd_scan, ssd_scan_sequential, SsdDims, SsdInputs};
@@ -175,28 +175,11 @@ fn conv_update_generic<'py, T: Real + Element>(
         Ok(out)
     };
     let out = if conv1d::update_is_single_task(&dims) {
-        run_detached_inline(py, kernel)?
+        run_detached_on_caller(py, kernel)?
     } else {
         run_detached(py, kernel)?
     };
     to_numpy(py, &out_shape, out)
-}
-
-/// Like [`run_detached`] for a kernel that uses no threads: the GIL is released and a panic
-/// becomes a `RuntimeError`, but the call stays on this thread (handing a few microseconds of
-/// work to the pool would cost more than the work).
-fn run_detached_inline<R, F>(py: Python<'_>, kernel: F) -> PyResult<R>
-where
-    R: Send,
-    F: FnOnce() -> Result<R, crate::error::KernelError> + Send,
-{
-    let outcome = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel)));
-    match outcome {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(pyo3::exceptions::PyRuntimeError::new_err(
-            "seqkern internal error: a panic in causal_conv1d_update",
-        )),
-    }
 }
 
 macro_rules! typed_entry_points {
