@@ -6,6 +6,8 @@
 //! GEMM: A is packed once per row tile (MR rows, k-major, with an optional per-k scale folded
 //! in), B is read in place when its columns are contiguous, and every MR x NR tile of the
 //! result is accumulated in a fixed-size array that the compiler keeps in vector registers.
+//! Column tiles are the outer loop, so a panel of B (K x NR) is reused from L1 by every row
+//! tile (B is often a whole SSD state, larger than L1).
 //! The tile shape is chosen per ISA (16 accumulator registers with AVX-512, 12 with AVX2).
 //!
 //! ```text
@@ -156,43 +158,57 @@ impl<T: Real> Kernel for MatmulJob<'_, '_, T> {
 }
 
 impl<T: Real> MatmulJob<'_, '_, T> {
-    /// Walks the row tiles of C; for each packs A once and runs every needed column tile.
+    /// Packs every row tile of A that needs it once, then walks the column tiles of C and,
+    /// inside each, the row tiles: the column panel of B stays in L1 across the row tiles.
     #[inline(always)]
     fn tiles<A: Arch, const MR: usize, const NR: usize>(self) {
         let p = self.product;
+        let row_tiles = p.m.div_ceil(MR);
+        // k < shared: every row of the tile; shared <= k < depth: the diagonal block, where
+        // row i only takes k <= offset + i0 + i (A is zero beyond, and skipping the zeros
+        // keeps a NaN or inf of a later row of B out of earlier rows).
+        let terms = |i0: usize, rows: usize| match p.depth {
+            Depth::Full => (p.k, p.k),
+            Depth::Causal { offset } => (p.k.min(offset + i0), p.k.min(offset + i0 + rows)),
+        };
+        // Column k of row tile t is `a_cols[k * a_step..][..MR]`: read in place when the rows
+        // are contiguous and unscaled, packed (and zero-padded) otherwise.
+        let direct = |rows: usize| p.a.row_stride == 1 && rows == MR && p.a_col_scale.is_none();
         let mut a_pack = Vec::new();
-        let mut b_edge = Vec::new();
-        for i0 in (0..p.m).step_by(MR) {
-            let rows = MR.min(p.m - i0);
-            // k < shared: every row of the tile; shared <= k < depth: the diagonal block, where
-            // row i only takes k <= offset + i0 + i (A is zero beyond, and skipping the zeros
-            // keeps a NaN or inf of a later row of B out of earlier rows).
-            let (shared, depth) = match p.depth {
-                Depth::Full => (p.k, p.k),
-                Depth::Causal { offset } => (p.k.min(offset + i0), p.k.min(offset + i0 + rows)),
-            };
-            let (col_start, col_end) = match p.columns {
-                Columns::All => (0, p.n),
-                Columns::UpperTriangle => (i0 / NR * NR, p.n),
-            };
-            // Column k of the A tile is `a_cols[k * a_step..][..MR]`: read in place when the
-            // rows are contiguous and unscaled, packed (and zero-padded) otherwise.
-            let direct = p.a.row_stride == 1 && rows == MR && p.a_col_scale.is_none();
-            let (a_cols, a_step) = if direct {
+        if (0..row_tiles).any(|t| !direct(MR.min(p.m - t * MR))) {
+            a_pack.resize(row_tiles * p.k * MR, T::ZERO);
+            for (t, pack) in a_pack.chunks_exact_mut(p.k * MR).enumerate() {
+                let (i0, rows) = (t * MR, MR.min(p.m - t * MR));
+                if !direct(rows) {
+                    pack_a::<T, MR>(&p, i0, rows, terms(i0, rows).1, pack);
+                }
+            }
+        }
+        let a_tile = |t: usize| -> (&[T], usize) {
+            let (i0, rows) = (t * MR, MR.min(p.m - t * MR));
+            if direct(rows) {
                 (&p.a.data[p.a.offset + i0..], p.a.col_stride)
             } else {
-                a_pack.resize(p.k * MR, T::ZERO);
-                pack_a::<T, MR>(&p, i0, rows, depth, &mut a_pack);
-                (&a_pack[..], MR)
-            };
-            for j0 in (col_start..col_end).step_by(NR) {
-                let cols = NR.min(p.n - j0);
-                let a = (a_cols, a_step);
+                (&a_pack[t * p.k * MR..(t + 1) * p.k * MR], MR)
+            }
+        };
+        let mut b_edge = Vec::new();
+        for j0 in (0..p.n).step_by(NR) {
+            let cols = NR.min(p.n - j0);
+            if cols < NR {
+                b_edge.resize(p.k * NR, T::ZERO);
+                pack_b_edge(&p, j0, cols, p.k, NR, &mut b_edge);
+            }
+            for t in 0..row_tiles {
+                let (i0, rows) = (t * MR, MR.min(p.m - t * MR));
+                if p.columns == Columns::UpperTriangle && j0 < i0 / NR * NR {
+                    continue;
+                }
+                let (shared, depth) = terms(i0, rows);
+                let a = a_tile(t);
                 let acc = if cols == NR {
                     tile::<T, A, MR, NR>(a, &p.b[j0..], p.ldb, (shared, depth))
                 } else {
-                    b_edge.resize(p.k * NR, T::ZERO);
-                    pack_b_edge(&p, j0, cols, depth, NR, &mut b_edge);
                     tile::<T, A, MR, NR>(a, &b_edge, NR, (shared, depth))
                 };
                 let target = TileTarget { i0, j0, rows, cols };

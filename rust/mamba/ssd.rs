@@ -40,6 +40,7 @@
 use super::matmul::{matmul, Columns, Depth, Product, Store, Strided};
 use super::state_update::Granularity;
 use crate::error::{check_len, KernelError};
+use crate::rwkv::prefetch;
 use crate::simd::{self, Arch, Isa, Kernel, Real};
 use rayon::prelude::*;
 
@@ -622,6 +623,9 @@ impl<T: Real> ChunkedShared<'_, T> {
                 t0,
                 rows,
             };
+            if chunk + 1 < self.plan.count {
+                self.prefetch_chunk(&at, self.plan.span(chunk + 1, dims.len));
+            }
             self.intra_chunk(&at, &mut scratch);
             if chunk > 0 || carried {
                 self.state_output(&at, &state, &mut scratch);
@@ -640,6 +644,23 @@ impl<T: Real> ChunkedShared<'_, T> {
         for (k, state_row) in state.chunks_exact(cols).enumerate() {
             for (c, &v) in state_row.iter().enumerate() {
                 task.last[c * n + k] = v;
+            }
+        }
+    }
+
+    /// Starts loading the block's x and z segments of the chunk `(t0, rows)`: they are read
+    /// in 1 KB pieces a whole `(heads, headdim)` row apart, which the hardware prefetchers
+    /// follow poorly, and the current chunk's products leave time for the loads to land.
+    fn prefetch_chunk(&self, at: &At, (t0, rows): (usize, usize)) {
+        let dims = &self.dims;
+        let w = at.block.width;
+        for t in t0..t0 + rows {
+            for hl in 0..at.block.count {
+                let start = x_offset(dims, at.batch, t, at.block.first + hl) + at.block.j0;
+                prefetch(&self.inputs.x[start..start + w]);
+                if let Some(z) = self.inputs.z {
+                    prefetch(&z[start..start + w]);
+                }
             }
         }
     }
