@@ -1,26 +1,16 @@
 //! Bindings of causal attention.
 
-use super::{as_slice, run_detached, to_numpy};
+use super::{as_slice, dims_of, run_detached, to_numpy};
 use crate::attention::{causal_attention, AttentionDims};
 use crate::error::checked_product;
 use crate::simd::Real;
 use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(causal_attention_f32, m)?)?;
     m.add_function(wrap_pyfunction!(causal_attention_f64, m)?)?;
     Ok(())
-}
-
-/// `(batch, heads, L, dim)` of a 4-D array, or a `ValueError` naming `name`.
-fn dims4(name: &str, shape: &[usize]) -> PyResult<[usize; 4]> {
-    shape.try_into().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{name}: expected 4 dimensions (batch, heads, L, D), got shape {shape:?}"
-        ))
-    })
 }
 
 fn attention_generic<'py, T: Real + Element>(
@@ -30,8 +20,8 @@ fn attention_generic<'py, T: Real + Element>(
     v: PyReadonlyArrayDyn<'py, T>,
     scale: f64,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    let [batch, heads, len, dim_qk] = dims4("q", q.shape())?;
-    let [.., dim_v] = dims4("v", v.shape())?;
+    let [batch, heads, len, dim_qk] = dims_of::<4>("q", q.shape(), "(batch, heads, L, D)")?;
+    let [.., dim_v] = dims_of::<4>("v", v.shape(), "(batch, heads, L, D)")?;
     let dims = AttentionDims {
         batch,
         heads,

@@ -1,6 +1,6 @@
 //! Bindings of the Mamba kernels.
 
-use super::{as_mut_slice, as_opt_slice, as_slice, run_detached_on_caller, to_numpy};
+use super::{as_mut_slice, as_opt_slice, as_slice, dims_of, run_detached_on_caller, to_numpy};
 use crate::mamba::selective_scan::{selective_scan, BcForm, ScanDims, ScanInputs};
 use crate::mamba::state_update::{
     selective_state_update, DecayForm, Granularity, UpdateDims, UpdateInputs,
@@ -16,14 +16,6 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(selective_state_update_f32, m)?)?;
     m.add_function(wrap_pyfunction!(selective_state_update_f64, m)?)?;
     Ok(())
-}
-
-fn dims_of<const N: usize>(name: &str, shape: &[usize]) -> PyResult<[usize; N]> {
-    shape.try_into().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{name}: expected {N} dimensions, got shape {shape:?}"
-        ))
-    })
 }
 
 /// The form of B or C from its shape: 2-D fixed, 3-D one group, 4-D grouped.
@@ -55,8 +47,8 @@ fn scan_generic<'py, T: Real + Element>(
     delta_softplus: bool,
     initial_state: Option<PyReadonlyArrayDyn<'py, T>>,
 ) -> PyResult<ScanResult<'py, T>> {
-    let [batch, dim, len] = dims_of::<3>("u", u.shape())?;
-    let [_, dstate] = dims_of::<2>("A", a.shape())?;
+    let [batch, dim, len] = dims_of::<3>("u", u.shape(), "(batch, dim, L)")?;
+    let [_, dstate] = dims_of::<2>("A", a.shape(), "(dim, dstate)")?;
     let dims = ScanDims {
         batch,
         dim,
@@ -105,8 +97,9 @@ fn update_generic<'py, T: Real + Element>(
     dt_bias: Option<PyReadonlyArrayDyn<'py, T>>,
     dt_softplus: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    let [batch, heads, headdim, dstate] = dims_of::<4>("state", state.shape())?;
-    let [_, groups, _] = dims_of::<3>("B", b.shape())?;
+    let [batch, heads, headdim, dstate] =
+        dims_of::<4>("state", state.shape(), "(batch, nheads, headdim, dstate)")?;
+    let [_, groups, _] = dims_of::<3>("B", b.shape(), "(batch, groups, dstate)")?;
     let granularity = |ndim: usize, per_head: usize| {
         if ndim == per_head {
             Granularity::PerHead

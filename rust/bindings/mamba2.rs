@@ -1,6 +1,8 @@
 //! Bindings of the Mamba-2 SSD scan and of the causal depthwise conv1d.
 
-use super::{as_mut_slice, as_opt_slice, as_slice, run_detached, run_detached_on_caller, to_numpy};
+use super::{
+    as_mut_slice, as_opt_slice, as_slice, dims_of, run_detached, run_detached_on_caller, to_numpy,
+};
 use crate::error::checked_product;
 use crate::mamba::conv1d::{self, ConvDims, ConvInputs};
 use crate::mamba::ssd::{ssd_scan, ssd_scan_sequential, SsdDims, SsdInputs};
@@ -18,14 +20,6 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(causal_conv1d_update_f32, m)?)?;
     m.add_function(wrap_pyfunction!(causal_conv1d_update_f64, m)?)?;
     Ok(())
-}
-
-fn shape_of<const N: usize>(name: &str, shape: &[usize]) -> PyResult<[usize; N]> {
-    shape.try_into().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{name}: expected {N} dimensions, got shape {shape:?}"
-        ))
-    })
 }
 
 type Pair<'py, T> = (Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<T>>);
@@ -53,8 +47,8 @@ fn ssd_generic<'py, T: Real + Element>(
     initial_states: Option<PyReadonlyArrayDyn<'py, T>>,
     options: SsdOptions<T>,
 ) -> PyResult<Pair<'py, T>> {
-    let [batch, len, heads, headdim] = shape_of::<4>("x", x.shape())?;
-    let [_, _, groups, dstate] = shape_of::<4>("B", b.shape())?;
+    let [batch, len, heads, headdim] = dims_of::<4>("x", x.shape(), "(b, L, h, p)")?;
+    let [_, _, groups, dstate] = dims_of::<4>("B", b.shape(), "(b, L, g, n)")?;
     let dims = SsdDims {
         batch,
         len,
@@ -110,8 +104,8 @@ fn conv_generic<'py, T: Real + Element>(
     silu: bool,
     initial_states: Option<PyReadonlyArrayDyn<'py, T>>,
 ) -> PyResult<Pair<'py, T>> {
-    let [batch, dim, len] = shape_of::<3>("x", x.shape())?;
-    let [_, width] = shape_of::<2>("weight", weight.shape())?;
+    let [batch, dim, len] = dims_of::<3>("x", x.shape(), "(batch, dim, L)")?;
+    let [_, width] = dims_of::<2>("weight", weight.shape(), "(dim, width)")?;
     if width == 0 {
         return Err(PyValueError::new_err("weight: expected width >= 1, got 0"));
     }
@@ -152,9 +146,9 @@ fn conv_update_generic<'py, T: Real + Element>(
     bias: Option<PyReadonlyArrayDyn<'py, T>>,
     silu: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    let [batch, dim, len] = shape_of::<3>("x", x.shape())?;
-    let [_, _, state_len] = shape_of::<3>("conv_state", conv_state.shape())?;
-    let [_, width] = shape_of::<2>("weight", weight.shape())?;
+    let [batch, dim, len] = dims_of::<3>("x", x.shape(), "(batch, dim, L)")?;
+    let [_, _, state_len] = dims_of::<3>("conv_state", conv_state.shape(), "(batch, dim, S)")?;
+    let [_, width] = dims_of::<2>("weight", weight.shape(), "(dim, width)")?;
     let dims = conv1d::UpdateDims {
         batch,
         dim,

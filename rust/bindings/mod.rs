@@ -87,6 +87,18 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(info)
 }
 
+/// The `N` axis lengths of `shape`, or a `ValueError` naming `name` and the expected `form`
+/// (e.g. `"(batch, dim, L)"`).
+pub(crate) fn dims_of<const N: usize>(
+    name: &str,
+    shape: &[usize],
+    form: &str,
+) -> PyResult<[usize; N]> {
+    shape
+        .try_into()
+        .map_err(|_| PyValueError::new_err(format!("{name}: expected {form}, got shape {shape:?}")))
+}
+
 /// The contiguous data of `array`, or a `ValueError` naming `name`.
 pub(crate) fn as_slice<'a, T: Element>(
     name: &str,

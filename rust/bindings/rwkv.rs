@@ -1,6 +1,6 @@
 //! Bindings of the RWKV WKV kernels.
 
-use super::{as_opt_slice, as_slice, run_detached, to_numpy};
+use super::{as_opt_slice, as_slice, dims_of, run_detached, to_numpy};
 use crate::error::checked_product;
 use crate::rwkv::wkv4::{wkv4, Wkv4Dims, Wkv4Inputs};
 use crate::rwkv::wkv6::{wkv6, LogDecay, Wkv6Inputs};
@@ -8,7 +8,6 @@ use crate::rwkv::wkv7::{wkv7, Wkv7Inputs};
 use crate::rwkv::HeadDims;
 use crate::simd::Real;
 use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -25,12 +24,6 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 type Array<'py, T> = PyReadonlyArrayDyn<'py, T>;
 type Output<'py, T> = (Bound<'py, PyArrayDyn<T>>, Bound<'py, PyArrayDyn<T>>);
-
-fn dims_of<const N: usize>(name: &str, shape: &[usize], form: &str) -> PyResult<[usize; N]> {
-    shape
-        .try_into()
-        .map_err(|_| PyValueError::new_err(format!("{name}: expected {form}, got shape {shape:?}")))
-}
 
 /// `(B, T, H, N)` from the shape of r.
 fn head_dims(r: &Array<'_, impl Element>) -> PyResult<HeadDims> {

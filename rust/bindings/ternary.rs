@@ -2,14 +2,13 @@
 //! shape `(N, row_bytes)` plus `k` and the format name; `seqkern.ternary.TernaryWeight` keeps
 //! them together.
 
-use super::{as_opt_slice, as_slice, run_detached, to_numpy};
+use super::{as_opt_slice, as_slice, dims_of, run_detached, to_numpy};
 use crate::error::checked_product;
 use crate::ternary::kernels::KernelPath;
 use crate::ternary::matmul;
 use crate::ternary::pack::{self, Format, Layout, PackedMatrix};
 use crate::ternary::quantize::{self, QuantFloat};
 use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -28,22 +27,13 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// `[rows, cols]` of a 2-D array, or a `ValueError` naming `name`.
-fn matrix_dims(name: &str, shape: &[usize]) -> PyResult<[usize; 2]> {
-    shape.try_into().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{name}: expected 2 dimensions, got shape {shape:?}"
-        ))
-    })
-}
-
 /// The packed matrix of `packed` (`(N, row_bytes)`) with rows of `k` weights.
 fn packed_matrix<'a>(
     packed: &'a PyReadonlyArrayDyn<'_, u8>,
     k: usize,
     format: &str,
 ) -> PyResult<PackedMatrix<'a>> {
-    let [n, _] = matrix_dims("packed", packed.shape())?;
+    let [n, _] = dims_of::<2>("packed", packed.shape(), "2 dimensions")?;
     Ok(PackedMatrix::new(
         as_slice("packed", packed)?,
         n,
@@ -71,7 +61,7 @@ fn ternary_pack<'py>(
     codes: PyReadonlyArrayDyn<'py, i8>,
     format: &str,
 ) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
-    let [n, k] = matrix_dims("codes", codes.shape())?;
+    let [n, k] = dims_of::<2>("codes", codes.shape(), "2 dimensions")?;
     let format = Format::from_name(format)?;
     let trits = as_slice("codes", &codes)?;
     let packed = run_detached(py, || pack::pack(trits, n, k, format))?;
@@ -112,7 +102,7 @@ fn ternary_matmul_int<'py>(
     k: usize,
     format: &str,
 ) -> PyResult<Bound<'py, PyArrayDyn<i32>>> {
-    let [m, _] = matrix_dims("q", q.shape())?;
+    let [m, _] = dims_of::<2>("q", q.shape(), "2 dimensions")?;
     let matrix = packed_matrix(&packed, k, format)?;
     let q = as_slice("q", &q)?;
     let len = checked_product("q", &[m, matrix.n])?;
@@ -130,7 +120,7 @@ fn quantize_weights_generic<'py, T: QuantFloat + Element>(
     eps: f64,
     format: &str,
 ) -> PyResult<(Bound<'py, PyArrayDyn<u8>>, f64)> {
-    let [n, k] = matrix_dims("W", w.shape())?;
+    let [n, k] = dims_of::<2>("W", w.shape(), "2 dimensions")?;
     let format = Format::from_name(format)?;
     let w = as_slice("W", &w)?;
     let (packed, gamma) = run_detached(py, || {
@@ -148,7 +138,7 @@ fn quantize_activations_generic<'py, T: QuantFloat + Element>(
     x: PyReadonlyArrayDyn<'py, T>,
     eps: f64,
 ) -> PyResult<Quantized<'py, T>> {
-    let [m, k] = matrix_dims("x", x.shape())?;
+    let [m, k] = dims_of::<2>("x", x.shape(), "2 dimensions")?;
     let x = as_slice("x", &x)?;
     let len = checked_product("x", &[m, k])?;
     let (q, scales) = run_detached(py, || {
@@ -169,7 +159,7 @@ fn bitlinear_generic<'py, T: QuantFloat + Element>(
     gamma: f64,
     bias: Option<PyReadonlyArrayDyn<'py, T>>,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    let [m, _] = matrix_dims("x", x.shape())?;
+    let [m, _] = dims_of::<2>("x", x.shape(), "2 dimensions")?;
     let matrix = packed_matrix(&packed, k, format)?;
     let x = as_slice("x", &x)?;
     let bias = as_opt_slice("bias", &bias)?;
