@@ -18,6 +18,15 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 Dim = Union[int, str]
 
 
+def by_dtype(native: Any, name: str) -> dict[np.dtype, Any]:
+    """The float32 and float64 entry points ``{name}_f32`` / ``{name}_f64`` of ``native``,
+    keyed by dtype."""
+    return {
+        np.dtype(np.float32): getattr(native, f"{name}_f32"),
+        np.dtype(np.float64): getattr(native, f"{name}_f64"),
+    }
+
+
 def as_array(name: str, value: Any) -> np.ndarray:
     """Returns ``value`` as an ndarray (array-likes are converted), or raises TypeError."""
     if isinstance(value, np.ndarray):

@@ -18,10 +18,7 @@ from . import _native
 
 __all__ = ["causal_attention"]
 
-_ATTENTION = {
-    np.dtype(np.float32): _native.causal_attention_f32,
-    np.dtype(np.float64): _native.causal_attention_f64,
-}
+_ATTENTION = ck.by_dtype(_native, "causal_attention")
 
 _QK = ("batch", "heads", "L", "D")
 _V = ("batch", "heads", "L", "Dv")

@@ -16,14 +16,8 @@ from . import _native
 
 __all__ = ["selective_scan", "selective_scan_fn", "selective_state_update"]
 
-_SCAN = {
-    np.dtype(np.float32): _native.selective_scan_f32,
-    np.dtype(np.float64): _native.selective_scan_f64,
-}
-_UPDATE = {
-    np.dtype(np.float32): _native.selective_state_update_f32,
-    np.dtype(np.float64): _native.selective_state_update_f64,
-}
+_SCAN = ck.by_dtype(_native, "selective_scan")
+_UPDATE = ck.by_dtype(_native, "selective_state_update")
 
 
 def _bc_input(
@@ -256,18 +250,9 @@ __all__ += [
 SSD_MAX_CHUNK = 32
 """The longest chunk :func:`ssd_scan` uses (``chunk_size`` is capped to it)."""
 
-_SSD = {
-    np.dtype(np.float32): _native.ssd_scan_f32,
-    np.dtype(np.float64): _native.ssd_scan_f64,
-}
-_CONV = {
-    np.dtype(np.float32): _native.causal_conv1d_f32,
-    np.dtype(np.float64): _native.causal_conv1d_f64,
-}
-_CONV_UPDATE = {
-    np.dtype(np.float32): _native.causal_conv1d_update_f32,
-    np.dtype(np.float64): _native.causal_conv1d_update_f64,
-}
+_SSD = ck.by_dtype(_native, "ssd_scan")
+_CONV = ck.by_dtype(_native, "causal_conv1d")
+_CONV_UPDATE = ck.by_dtype(_native, "causal_conv1d_update")
 
 
 def _dt_limit(value: Any) -> tuple[float, float]:

@@ -27,14 +27,9 @@ from . import _native
 __all__ = ["wkv4", "wkv5", "wkv6", "wkv7"]
 
 
-def _typed(name: str):
-    return {
-        np.dtype(np.float32): getattr(_native, f"{name}_f32"),
-        np.dtype(np.float64): getattr(_native, f"{name}_f64"),
-    }
-
-
-_WKV4, _WKV5, _WKV6, _WKV7 = (_typed(name) for name in ("wkv4", "wkv5", "wkv6", "wkv7"))
+_WKV4, _WKV5, _WKV6, _WKV7 = (
+    ck.by_dtype(_native, name) for name in ("wkv4", "wkv5", "wkv6", "wkv7")
+)
 
 _TOKENS = ("B", "T", "H", "N")
 _PER_HEAD = ("H", "N")

@@ -42,18 +42,9 @@ FILE_VERSION = 1
 _FILE_KIND = "seqkern.TernaryWeight"
 _FILE_KEYS = ("kind", "version", "format", "shape", "gamma", "packed")
 
-_QUANTIZE_WEIGHTS = {
-    np.dtype(np.float32): _native.ternary_quantize_weights_f32,
-    np.dtype(np.float64): _native.ternary_quantize_weights_f64,
-}
-_QUANTIZE_ACTIVATIONS = {
-    np.dtype(np.float32): _native.ternary_quantize_activations_f32,
-    np.dtype(np.float64): _native.ternary_quantize_activations_f64,
-}
-_BITLINEAR = {
-    np.dtype(np.float32): _native.ternary_bitlinear_f32,
-    np.dtype(np.float64): _native.ternary_bitlinear_f64,
-}
+_QUANTIZE_WEIGHTS = ck.by_dtype(_native, "ternary_quantize_weights")
+_QUANTIZE_ACTIVATIONS = ck.by_dtype(_native, "ternary_quantize_activations")
+_BITLINEAR = ck.by_dtype(_native, "ternary_bitlinear")
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -47,4 +47,3 @@ BLAS_SETTLE_SECONDS = 0.25
 def settle_after_numpy() -> None:
     """Waits until NumPy's BLAS threads have gone to sleep."""
     time.sleep(BLAS_SETTLE_SECONDS)
-
