@@ -2,7 +2,7 @@
 
 use super::{as_opt_slice, as_slice, dims_of, run_detached, to_numpy};
 use crate::error::checked_product;
-use crate::rwkv::wkv4::{wkv4, Wkv4Dims, Wkv4Inputs};
+use crate::rwkv::wkv4::{wkv4_into, Wkv4Dims, Wkv4Inputs};
 use crate::rwkv::wkv6::{wkv6, LogDecay, Wkv6Inputs};
 use crate::rwkv::wkv7::{wkv7, Wkv7Inputs};
 use crate::rwkv::HeadDims;
@@ -80,9 +80,21 @@ fn wkv4_generic<'py, T: Real + Element>(
         v: as_slice("v", &v)?,
         state: as_opt_slice("state", &state)?,
     };
-    run_with_outputs(py, k.shape(), &[batch, 3, channels], |y, s| {
-        wkv4(dims, inputs, y, s)
-    })
+    let y_len = checked_product("y", k.shape())?;
+    let state_len = checked_product("state", &[batch, 3, channels])?;
+    let (y, state) = run_detached(py, || {
+        // Not zeroed: wkv4_into writes every element of y before it returns Ok.
+        let mut y = Vec::with_capacity(y_len);
+        let mut state = vec![T::ZERO; state_len];
+        wkv4_into(dims, inputs, y.spare_capacity_mut(), &mut state)?;
+        // SAFETY: the capacity is y_len and wkv4_into initialised all of it.
+        unsafe { y.set_len(y_len) };
+        Ok((y, state))
+    })?;
+    Ok((
+        to_numpy(py, k.shape(), y)?,
+        to_numpy(py, &[batch, 3, channels], state)?,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]

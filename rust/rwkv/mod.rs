@@ -18,6 +18,7 @@ pub mod wkv7;
 use crate::error::{check_len, KernelError};
 use crate::simd::Real;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 /// SIMD lanes of one column block (one 512-bit register of f32).
 pub const LANES: usize = 16;
@@ -74,6 +75,34 @@ impl<'a, T: Copy> DisjointOutput<'a, T> {
         // SAFETY: the range is in bounds of the wrapped slice (checked above) and no other
         // thread accesses it (the caller's contract); `values` is a distinct borrow.
         unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len()) }
+    }
+
+    /// Wraps an output that may not be initialised yet; it may only be written.
+    pub(crate) fn uninit(out: &'a mut [MaybeUninit<T>]) -> Self {
+        DisjointOutput {
+            ptr: out.as_mut_ptr().cast(),
+            len: out.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The range `start..start + len`, to be written; panics when it is out of bounds.
+    ///
+    /// # Safety
+    /// As [`DisjointOutput::write`]: no other thread may read or write that range while the
+    /// returned slice lives, and the caller must not ask for overlapping slices.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_uninit(&self, start: usize, len: usize) -> &mut [MaybeUninit<T>] {
+        assert!(
+            start <= self.len && len <= self.len - start,
+            "output range {start}..{} out of {}",
+            start + len,
+            self.len
+        );
+        // SAFETY: in bounds (checked above) and exclusive to the caller (its contract);
+        // `MaybeUninit<T>` has the layout of `T` and asks nothing of the contents.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start).cast(), len) }
     }
 }
 

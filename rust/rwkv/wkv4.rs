@@ -17,10 +17,11 @@
 //! lane per channel (no horizontal reduction), and blocks run in parallel, so the result does
 //! not depend on the thread count.
 
-use super::{prefetch, DisjointOutput, PREFETCH_AHEAD};
+use super::{DisjointOutput, PREFETCH_AHEAD};
 use crate::error::{check_len, KernelError};
 use crate::simd::{self, Arch, Kernel, Real};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Sizes of one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,20 @@ pub fn wkv4<T: Real>(
     y: &mut [T],
     state_out: &mut [T],
 ) -> Result<(), KernelError> {
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`, and `wkv4_into` only writes
+    // initialised values.
+    let y = unsafe { &mut *(y as *mut [T] as *mut [MaybeUninit<T>]) };
+    wkv4_into(dims, inputs, y, state_out)
+}
+
+/// [`wkv4`] into an output that need not be initialised: on success every element of `y` has
+/// been written (so a caller may allocate it without zeroing 4-8 bytes per element).
+pub fn wkv4_into<T: Real>(
+    dims: Wkv4Dims,
+    inputs: Wkv4Inputs<'_, T>,
+    y: &mut [MaybeUninit<T>],
+    state_out: &mut [T],
+) -> Result<(), KernelError> {
     let (batch, len, channels) = (dims.batch, dims.len, dims.channels);
     check_len("w", inputs.w, &[channels])?;
     check_len("u", inputs.u, &[channels])?;
@@ -66,18 +81,24 @@ pub fn wkv4<T: Real>(
     check_len("y", y, &[batch, len, channels])?;
     check_len("state_out", state_out, &[batch, 3, channels])?;
     let isa = simd::isa();
-    let y = DisjointOutput::new(y);
+    let y = DisjointOutput::uninit(y);
     let state_out = DisjointOutput::new(state_out);
-    let blocks: Vec<(usize, usize)> = (0..batch)
-        .flat_map(|b| (0..channels).step_by(BLOCK).map(move |c| (b, c)))
+    let blocks = channels.div_ceil(BLOCK);
+    // One span per thread and batch row when there are fewer rows than threads: a span's
+    // share of every row is contiguous, so the inputs stream through the caches.
+    let spans_per_row = rayon::current_num_threads()
+        .div_ceil(batch.max(1))
+        .clamp(1, blocks.max(1));
+    let span = blocks.div_ceil(spans_per_row).clamp(1, MAX_SPAN_BLOCKS);
+    let tasks: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..blocks).step_by(span).map(move |first| (b, first)))
         .collect();
-    blocks.into_par_iter().for_each(|(batch_row, start)| {
-        let job = BlockJob {
+    tasks.into_par_iter().for_each(|(batch_row, first_block)| {
+        let job = SpanJob {
             dims,
             inputs,
             batch_row,
-            start,
-            width: BLOCK.min(channels - start),
+            blocks: first_block..blocks.min(first_block + span),
             y: &y,
             state_out: &state_out,
         };
@@ -86,90 +107,288 @@ pub fn wkv4<T: Real>(
     Ok(())
 }
 
-/// Channels per task, one lane each (four 512-bit registers of f32).
+/// Channels per block, one lane each (four 512-bit registers of f32). Each block picks its
+/// form of the step (see [`bonus_factors`]) on its own, so results do not depend on how
+/// blocks are grouped into tasks.
 pub const BLOCK: usize = 64;
+
+/// Most blocks per task: the states and parameters of 16 blocks (20 KiB of f32) stay in L1.
+pub const MAX_SPAN_BLOCKS: usize = 16;
 
 type Block<T> = [T; BLOCK];
 
-/// Channels `start..start + width` of one batch row; the lanes past `width` pad.
-struct BlockJob<'a, 'o, T> {
+/// Blocks `blocks` of one batch row, advanced together one step at a time: each step reads
+/// one contiguous span of the k and v rows and writes one of y. (A task per block, walking
+/// the rows a whole row apart, spent most of its time waiting for memory at C = 2048.)
+struct SpanJob<'a, 'o, T> {
     dims: Wkv4Dims,
     inputs: Wkv4Inputs<'a, T>,
     batch_row: usize,
-    start: usize,
-    width: usize,
+    blocks: std::ops::Range<usize>,
     y: &'o DisjointOutput<'o, T>,
     state_out: &'o DisjointOutput<'o, T>,
 }
 
-/// The running state of a block: aa, bb, pp per lane.
+/// The running state of a block: aa, bb, pp per lane (cache-line aligned, so that no vector
+/// load straddles two lines).
+#[repr(C, align(64))]
 struct State<T> {
     aa: Block<T>,
     bb: Block<T>,
     pp: Block<T>,
 }
 
-impl<T: Real> Kernel for BlockJob<'_, '_, T> {
+/// A block's parameters (cache-line aligned like [`State`]).
+#[repr(C, align(64))]
+struct Params<T> {
+    /// The log-decay w.
+    w: Block<T>,
+    /// u, for [`two_exp_step`].
+    u: Block<T>,
+    /// e^-(u + w) for [`one_exp_step`], when the block can use it (see [`bonus_factors`]).
+    bonus: Block<T>,
+    /// Whether the block runs [`one_exp_step`] (else [`two_exp_step`]).
+    one_exp: bool,
+}
+
+impl<T: Real> Kernel for SpanJob<'_, '_, T> {
     type Output = ();
 
     #[inline(always)]
     fn run<A: Arch>(self) {
-        let range = self.start..self.start + self.width;
-        let w = load_block(&self.inputs.w[range.clone()]);
-        let u = load_block(&self.inputs.u[range]);
-        let mut state = self.load_state();
-        let (len, channels) = (self.dims.len, self.dims.channels);
-        for t in 0..len {
-            let base = (self.batch_row * len + t) * channels + self.start;
-            if t + PREFETCH_AHEAD < len {
-                let ahead = base + PREFETCH_AHEAD * channels;
-                prefetch(&self.inputs.k[ahead..ahead + self.width]);
-                prefetch(&self.inputs.v[ahead..ahead + self.width]);
+        let params: Vec<Params<T>> = self.blocks.clone().map(|b| self.params::<A>(b)).collect();
+        let mut states: Vec<State<T>> =
+            self.blocks.clone().map(|b| self.initial_state(b)).collect();
+        let first = self.blocks.start * BLOCK;
+        let span = (self.blocks.end * BLOCK).min(self.dims.channels) - first;
+        for t in 0..self.dims.len {
+            let base = self.offset(first, t);
+            let k = self.inputs.k[base..base + span].chunks(BLOCK);
+            let v = self.inputs.v[base..base + span].chunks(BLOCK);
+            // SAFETY: this task is the only one writing these channels of batch row
+            // `batch_row` (the tasks are distinct (row, blocks) pairs).
+            let y = unsafe { self.y.slice_uninit(base, span) }.chunks_mut(BLOCK);
+            for (j, ((state, params), ((k, v), y))) in states
+                .iter_mut()
+                .zip(&params)
+                .zip(k.zip(v).zip(y))
+                .enumerate()
+            {
+                let ahead = base + j * BLOCK + PREFETCH_AHEAD * self.dims.channels;
+                prefetch_block(self.inputs.k, ahead);
+                prefetch_block(self.inputs.v, ahead);
+                step_block::<T, A>(state, params, k, v, y);
             }
-            let k = load_block(&self.inputs.k[base..base + self.width]);
-            let v = load_block(&self.inputs.v[base..base + self.width]);
-            let mut y = [T::ZERO; BLOCK];
-            for l in 0..BLOCK {
-                // The formulas of the module docs, with q = max(x, z) folded into the weights.
-                let (aa, bb, pp) = (state.aa[l], state.bb[l], state.pp[l]);
-                let (e1, e2) = split_weights::<T, A>(pp - (u[l] + k[l]));
-                y[l] = T::fma::<A>(e1, aa, e2 * v[l]) / T::fma::<A>(e1, bb, e2);
-                let decayed = pp + w[l];
-                let (e1, e2) = split_weights::<T, A>(decayed - k[l]);
-                state.aa[l] = T::fma::<A>(e1, aa, e2 * v[l]);
-                state.bb[l] = T::fma::<A>(e1, bb, e2);
-                state.pp[l] = decayed.max_nan(k[l]);
-            }
-            // SAFETY: this task is the only one writing channels start..start + width of
-            // batch row `batch_row` (the tasks are distinct (row, block) pairs).
-            unsafe { store_block(self.y, base, self.width, &y) };
         }
-        let base = self.batch_row * 3 * channels + self.start;
-        for (row, values) in [&state.aa, &state.bb, &state.pp].into_iter().enumerate() {
-            // SAFETY: as above, for the three state rows of this block.
-            unsafe { store_block(self.state_out, base + row * channels, self.width, values) };
+        for (b, state) in self.blocks.clone().zip(&states) {
+            self.store_state(b, state);
         }
     }
 }
 
-impl<T: Real> BlockJob<'_, '_, T> {
-    /// The block's initial (aa, bb, pp); padding lanes start empty (0, 0, -inf).
+impl<T: Real> SpanJob<'_, '_, T> {
+    /// Channels of block `b`.
+    fn channels_of(&self, b: usize) -> std::ops::Range<usize> {
+        b * BLOCK..self.dims.channels.min((b + 1) * BLOCK)
+    }
+
+    /// Block `b`'s parameters (padding lanes: w = 0, u = 0).
     #[inline(always)]
-    fn load_state(&self) -> State<T> {
+    fn params<A: Arch>(&self, b: usize) -> Params<T> {
+        let w = load_block(&self.inputs.w[self.channels_of(b)]);
+        let u = load_block(&self.inputs.u[self.channels_of(b)]);
+        let bonus = bonus_factors::<T, A>(&w, &u);
+        Params {
+            w,
+            u,
+            one_exp: bonus.is_some(),
+            bonus: bonus.unwrap_or([T::ONE; BLOCK]),
+        }
+    }
+
+    /// Block `b`'s initial state; padding lanes start empty (0, 0, -inf).
+    fn initial_state(&self, b: usize) -> State<T> {
         let mut state = State {
             aa: [T::ZERO; BLOCK],
             bb: [T::ZERO; BLOCK],
             pp: [T::NEG_INFINITY; BLOCK],
         };
         if let Some(initial) = self.inputs.state {
+            let lanes = self.channels_of(b);
+            let width = lanes.len();
             let channels = self.dims.channels;
-            let base = self.batch_row * 3 * channels + self.start;
-            let row = |r: usize| &initial[base + r * channels..base + r * channels + self.width];
-            state.aa[..self.width].copy_from_slice(row(0));
-            state.bb[..self.width].copy_from_slice(row(1));
-            state.pp[..self.width].copy_from_slice(row(2));
+            let base = self.batch_row * 3 * channels + lanes.start;
+            let row = |r: usize| &initial[base + r * channels..base + r * channels + width];
+            state.aa[..width].copy_from_slice(row(0));
+            state.bb[..width].copy_from_slice(row(1));
+            state.pp[..width].copy_from_slice(row(2));
         }
         state
+    }
+
+    /// Writes block `b`'s final (aa, bb, pp).
+    fn store_state(&self, b: usize, state: &State<T>) {
+        let lanes = self.channels_of(b);
+        let channels = self.dims.channels;
+        let base = self.batch_row * 3 * channels + lanes.start;
+        for (row, values) in [&state.aa, &state.bb, &state.pp].into_iter().enumerate() {
+            // SAFETY: this task is the only one writing these channels of the state rows of
+            // batch row `batch_row` (the tasks are distinct (row, blocks) pairs).
+            unsafe {
+                self.state_out
+                    .write(base + row * channels, &values[..lanes.len()])
+            };
+        }
+    }
+
+    /// Where channel `channel` of step `t` is in a `(B, T, C)` array.
+    #[inline(always)]
+    fn offset(&self, channel: usize, t: usize) -> usize {
+        (self.batch_row * self.dims.len + t) * self.dims.channels + channel
+    }
+}
+
+/// Asks for the cache lines of `data[start..start + BLOCK]` (clipped to `data`) to be brought
+/// into L1. A hint: it never faults and does not change results.
+#[inline(always)]
+fn prefetch_block<T>(data: &[T], start: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = BLOCK * std::mem::size_of::<T>();
+        let end = data.len().min(start + BLOCK);
+        if start < end {
+            let first = data[start..end].as_ptr().cast::<i8>();
+            for line in (0..bytes).step_by(64) {
+                // SAFETY: prefetching is a hint that never faults, whatever the address, and
+                // SSE is part of the x86-64 baseline; `wrapping_add` computes the address
+                // without dereferencing it.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(line)) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, start);
+}
+
+/// One step of a block: `k`, `v` and `y` hold its lanes (fewer than [`BLOCK`] in a row's last
+/// block, which then runs on zero-padded copies).
+#[inline(always)]
+fn step_block<T: Real, A: Arch>(
+    state: &mut State<T>,
+    params: &Params<T>,
+    k: &[T],
+    v: &[T],
+    y: &mut [MaybeUninit<T>],
+) {
+    let mut out = [T::ZERO; BLOCK];
+    let step = |state: &mut State<T>, k: &Block<T>, v: &Block<T>, out: &mut Block<T>| {
+        if params.one_exp {
+            one_exp_step::<T, A>(state, &params.w, &params.bonus, k, v, out)
+        } else {
+            two_exp_step::<T, A>(state, &params.w, &params.u, k, v, out)
+        }
+    };
+    match (<&Block<T>>::try_from(k), <&Block<T>>::try_from(v)) {
+        (Ok(k), Ok(v)) => step(state, k, v, &mut out),
+        _ => step(state, &load_block(k), &load_block(v), &mut out),
+    }
+    match <&mut [MaybeUninit<T>; BLOCK]>::try_from(&mut *y) {
+        Ok(full) => *full = out.map(MaybeUninit::new),
+        Err(_) => {
+            for (y, out) in y.iter_mut().zip(out) {
+                y.write(out);
+            }
+        }
+    }
+}
+
+/// One step with one exp per channel. With g = pp + w - k, the update's weights are
+///
+/// ```text
+/// pp' = max(pp + w, k);   e_old = exp(pp + w - pp');   e_new = exp(k - pp')
+/// aa' = e_old aa + e_new v;   bb' = e_old bb + e_new
+/// ```
+///
+/// (one of them is 1, the other e^-|g|), and the output reuses them: taking q = u + pp' in
+/// the module's y formula, exp(pp - q) = e^-(u + w) e_old and exp(u + k - q) = e_new, so
+///
+/// ```text
+/// y = (b e_old aa + e_new v) / (b e_old bb + e_new),   b = e^-(u + w)   (the `bonus`)
+/// ```
+///
+/// the stable form's y from the same state, for one exp instead of two. Sound while |u + w|
+/// is bounded (see [`bonus_limit`]).
+#[inline(always)]
+fn one_exp_step<T: Real, A: Arch>(
+    state: &mut State<T>,
+    w: &Block<T>,
+    bonus: &Block<T>,
+    k: &Block<T>,
+    v: &Block<T>,
+    y: &mut Block<T>,
+) {
+    for l in 0..BLOCK {
+        let (aa, bb) = (state.aa[l], state.bb[l]);
+        let decayed = state.pp[l] + w[l];
+        let (e_old, e_new) = split_weights::<T, A>(decayed - k[l]);
+        let new_v = e_new * v[l];
+        let scaled_old = bonus[l] * e_old;
+        y[l] = T::fma::<A>(scaled_old, aa, new_v) / T::fma::<A>(scaled_old, bb, e_new);
+        state.aa[l] = T::fma::<A>(e_old, aa, new_v);
+        state.bb[l] = T::fma::<A>(e_old, bb, e_new);
+        state.pp[l] = decayed.max_nan(k[l]);
+    }
+}
+
+/// The largest |u + w| for which [`one_exp_step`] is exact to working precision: its factor
+/// e^-(u + w) times the smallest weight the exp returns (e^-87 for f32, e^-708 for f64) must
+/// stay below 2^-30 of a weight of 1, so the mass it drops is negligible.
+fn bonus_limit<T: Real>() -> f64 {
+    if std::mem::size_of::<T>() == 4 {
+        60.0
+    } else {
+        600.0
+    }
+}
+
+/// `e^-(u + w)` per lane, or `None` when some |u + w| exceeds [`bonus_limit`] (the block then
+/// runs [`two_exp_step`]). Padding lanes get 1.
+#[inline(always)]
+fn bonus_factors<T: Real, A: Arch>(w: &Block<T>, u: &Block<T>) -> Option<Block<T>> {
+    let limit = T::from_f64(bonus_limit::<T>());
+    let mut bonus = [T::ONE; BLOCK];
+    for l in 0..BLOCK {
+        let sum = u[l] + w[l];
+        // Written so that NaN fails the test.
+        if !(sum <= limit && -sum <= limit) {
+            return None;
+        }
+        bonus[l] = (-sum).exp_on::<A>();
+    }
+    Some(bonus)
+}
+
+/// One step of the module's formulas with two exps per channel, for any u and w.
+#[inline(always)]
+fn two_exp_step<T: Real, A: Arch>(
+    state: &mut State<T>,
+    w: &Block<T>,
+    u: &Block<T>,
+    k: &Block<T>,
+    v: &Block<T>,
+    y: &mut Block<T>,
+) {
+    for l in 0..BLOCK {
+        // The formulas of the module docs, with q = max(x, z) folded into the weights.
+        let (aa, bb, pp) = (state.aa[l], state.bb[l], state.pp[l]);
+        let (e1, e2) = split_weights::<T, A>(pp - (u[l] + k[l]));
+        y[l] = T::fma::<A>(e1, aa, e2 * v[l]) / T::fma::<A>(e1, bb, e2);
+        let decayed = pp + w[l];
+        let (e1, e2) = split_weights::<T, A>(decayed - k[l]);
+        state.aa[l] = T::fma::<A>(e1, aa, e2 * v[l]);
+        state.bb[l] = T::fma::<A>(e1, bb, e2);
+        state.pp[l] = decayed.max_nan(k[l]);
     }
 }
 
@@ -197,26 +416,6 @@ fn load_block<T: Real>(src: &[T]) -> Block<T> {
     let mut block = [T::ZERO; BLOCK];
     block[..src.len()].copy_from_slice(src);
     block
-}
-
-/// Writes the first `width` lanes of `block` to `out` at `start`.
-///
-/// # Safety
-/// As [`DisjointOutput::write`]: no other task touches `start..start + width`.
-#[inline(always)]
-unsafe fn store_block<T: Real>(
-    out: &DisjointOutput<'_, T>,
-    start: usize,
-    width: usize,
-    block: &Block<T>,
-) {
-    if width == BLOCK {
-        // SAFETY: forwarded from the caller.
-        unsafe { out.write(start, block) }
-    } else {
-        // SAFETY: forwarded from the caller.
-        unsafe { out.write(start, &block[..width]) }
-    }
 }
 
 #[cfg(test)]

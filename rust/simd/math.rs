@@ -43,7 +43,38 @@ pub trait Real:
     /// 2^x, vectorisable: cheaper than [`Real::exp_on`] because the argument reduction
     /// x = n + f is exact. `exp(a * b)` is `exp2(a * (b * LOG2E))` with `b * LOG2E` computed
     /// once, at the cost of one rounding of the scaled product.
-    fn exp2_on<A: Arch>(self) -> Self;
+    #[inline(always)]
+    fn exp2_on<A: Arch>(self) -> Self {
+        let (f, scale) = self.exp2_reduce();
+        horner::<_, A>(f, Self::EXP2_POLY) * scale
+    }
+    /// [`Real::exp2_on`] of every lane, bit for bit, computed stage by stage across the lanes:
+    /// each polynomial step is N independent multiply-adds in a row, so a block of lanes keeps
+    /// several vector units busy where one exp at a time would wait on its own chain.
+    #[inline(always)]
+    fn exp2_lanes<A: Arch, const N: usize>(x: &[Self; N]) -> [Self; N] {
+        let mut f = [Self::ZERO; N];
+        let mut scale = [Self::ZERO; N];
+        for l in 0..N {
+            (f[l], scale[l]) = x[l].exp2_reduce();
+        }
+        let poly = Self::EXP2_POLY;
+        let mut acc = [poly[poly.len() - 1]; N];
+        for &c in poly[..poly.len() - 1].iter().rev() {
+            for l in 0..N {
+                acc[l] = Self::fma::<A>(acc[l], f[l], c);
+            }
+        }
+        for l in 0..N {
+            acc[l] *= scale[l];
+        }
+        acc
+    }
+    /// The argument reduction of [`Real::exp2_on`]: x (clamped to the normal range) = n + f
+    /// with n an integer and |f| <= 1/2; returns (f, 2^n).
+    fn exp2_reduce(self) -> (Self, Self);
+    /// The coefficients of 2^f on |f| <= 1/2, lowest degree first.
+    const EXP2_POLY: &'static [Self];
     /// Natural logarithm of a positive, finite, normal number, vectorisable.
     fn ln_positive_on<A: Arch>(self) -> Self;
     /// [`Real::exp_on`] without FMA, for code outside a [`super::Kernel`].
@@ -236,15 +267,17 @@ impl Real for f32 {
         horner::<_, A>(r, &EXP_F32) * scale
     }
 
+    const EXP2_POLY: &'static [f32] = &EXP2_F32;
+
     #[inline(always)]
-    fn exp2_on<A: Arch>(self) -> f32 {
-        // x = n + f with n = round(x) read from the low mantissa bits after adding 1.5 * 2^23.
+    fn exp2_reduce(self) -> (f32, f32) {
+        // n = round(x), read from the low mantissa bits after adding 1.5 * 2^23.
         const MAGIC: f32 = 12_582_912.0;
         let x = self.max_nan(-126.0).min_nan(127.0);
         let shifted = x + MAGIC;
         let f = x - (shifted - MAGIC);
         let n_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
-        horner::<_, A>(f, &EXP2_F32) * f32::from_bits(n_bits.wrapping_add(127) << 23)
+        (f, f32::from_bits(n_bits.wrapping_add(127) << 23))
     }
 
     #[inline(always)]
@@ -299,14 +332,16 @@ impl Real for f64 {
         horner::<_, A>(r, &EXP_F64) * scale
     }
 
+    const EXP2_POLY: &'static [f64] = &EXP2_F64;
+
     #[inline(always)]
-    fn exp2_on<A: Arch>(self) -> f64 {
+    fn exp2_reduce(self) -> (f64, f64) {
         const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
         let x = self.max_nan(-1022.0).min_nan(1023.0);
         let shifted = x + MAGIC;
         let f = x - (shifted - MAGIC);
         let n_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
-        horner::<_, A>(f, &EXP2_F64) * f64::from_bits(n_bits.wrapping_add(1023) << 52)
+        (f, f64::from_bits(n_bits.wrapping_add(1023) << 52))
     }
 
     #[inline(always)]
@@ -385,6 +420,23 @@ mod tests {
         assert!(Real::exp2(f32::NAN).is_nan() && Real::exp2(f64::NAN).is_nan());
         assert!(Real::exp2(-1e6_f32) < 1e-37 && Real::exp2(1e6_f32).is_finite());
         assert_eq!(Real::exp2(0.0_f32), 1.0);
+    }
+
+    #[test]
+    fn exp2_lanes_equals_exp2_on_bit_for_bit() {
+        use crate::simd::FmaArch;
+        let x: [f64; 37] = std::array::from_fn(|i| (i as f64 - 18.0) * 7.3 + 0.01 * i as f64);
+        let xf: [f32; 37] = std::array::from_fn(|i| x[i] as f32);
+        let (lanes, lanes_f) = (
+            f64::exp2_lanes::<FmaArch, 37>(&x),
+            f32::exp2_lanes::<FmaArch, 37>(&xf),
+        );
+        for i in 0..37 {
+            assert_eq!(lanes[i].to_bits(), x[i].exp2_on::<FmaArch>().to_bits());
+            assert_eq!(lanes_f[i].to_bits(), xf[i].exp2_on::<FmaArch>().to_bits());
+        }
+        let nan = f32::exp2_lanes::<ScalarArch, 2>(&[f32::NAN, -1e9]);
+        assert!(nan[0].is_nan() && nan[1] >= 0.0 && nan[1] < 1e-37);
     }
 
     #[test]
