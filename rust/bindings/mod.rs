@@ -14,11 +14,12 @@ mod ternary;
 
 use crate::error::KernelError;
 use crate::{parallel, simd};
-use numpy::ndarray::{ArrayD, IxDyn};
+use numpy::ndarray::{s, Array1, ArrayD, IxDyn};
 use numpy::{Element, IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use std::mem::MaybeUninit;
 
 impl From<KernelError> for PyErr {
     fn from(err: KernelError) -> PyErr {
@@ -175,4 +176,57 @@ pub(crate) fn to_numpy<'py, T: Element>(
     let array = ArrayD::from_shape_vec(IxDyn(shape), data)
         .map_err(|e| PyRuntimeError::new_err(format!("seqkern internal error: {e}")))?;
     Ok(array.into_pyarray(py))
+}
+
+/// An output buffer of `len` elements that starts on a 64-byte line (so that kernels may
+/// write it with aligned non-temporal stores), handed to NumPy without copying.
+pub(crate) struct AlignedOutput<T> {
+    buffer: Vec<T>,
+    offset: usize,
+    len: usize,
+}
+
+impl<T: Element + Copy + Default> AlignedOutput<T> {
+    /// Allocates the buffer, with up to a line of padding and without initialising the
+    /// output elements.
+    pub(crate) fn new(len: usize) -> Self {
+        let pad = 64 / std::mem::size_of::<T>().max(1);
+        let mut buffer = Vec::<T>::with_capacity(len + pad);
+        let offset = buffer.as_ptr().align_offset(64).min(pad);
+        // The padding is initialised now, the output by the kernel (see `finish`).
+        let (head, rest) = buffer.spare_capacity_mut().split_at_mut(offset);
+        for x in head.iter_mut().chain(&mut rest[len..]) {
+            x.write(T::default());
+        }
+        AlignedOutput {
+            buffer,
+            offset,
+            len,
+        }
+    }
+
+    /// The output elements, to be written.
+    pub(crate) fn uninit_mut(&mut self) -> &mut [MaybeUninit<T>] {
+        &mut self.buffer.spare_capacity_mut()[self.offset..self.offset + self.len]
+    }
+
+    /// The NumPy array of `shape` over the output elements.
+    ///
+    /// # Safety
+    /// Every element of [`AlignedOutput::uninit_mut`] must have been written.
+    pub(crate) unsafe fn finish<'py>(
+        mut self,
+        py: Python<'py>,
+        shape: &[usize],
+    ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+        let total = self.len + 64 / std::mem::size_of::<T>().max(1);
+        // SAFETY: the padding was initialised in `new`, the rest by the caller's contract.
+        unsafe { self.buffer.set_len(total) };
+        let mut array = Array1::from_vec(self.buffer);
+        array.slice_collapse(s![self.offset..self.offset + self.len]);
+        let array = array
+            .into_shape_with_order(IxDyn(shape))
+            .map_err(|e| PyRuntimeError::new_err(format!("seqkern internal error: {e}")))?;
+        Ok(array.into_pyarray(py))
+    }
 }

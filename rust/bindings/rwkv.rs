@@ -1,6 +1,6 @@
 //! Bindings of the RWKV WKV kernels.
 
-use super::{as_opt_slice, as_slice, dims_of, run_detached, to_numpy};
+use super::{as_opt_slice, as_slice, dims_of, run_detached, to_numpy, AlignedOutput};
 use crate::error::checked_product;
 use crate::rwkv::wkv4::{wkv4_into, Wkv4Dims, Wkv4Inputs};
 use crate::rwkv::wkv6::{wkv6, LogDecay, Wkv6Inputs};
@@ -84,15 +84,14 @@ fn wkv4_generic<'py, T: Real + Element>(
     let state_len = checked_product("state", &[batch, 3, channels])?;
     let (y, state) = run_detached(py, || {
         // Not zeroed: wkv4_into writes every element of y before it returns Ok.
-        let mut y = Vec::with_capacity(y_len);
+        let mut y = AlignedOutput::new(y_len);
         let mut state = vec![T::ZERO; state_len];
-        wkv4_into(dims, inputs, y.spare_capacity_mut(), &mut state)?;
-        // SAFETY: the capacity is y_len and wkv4_into initialised all of it.
-        unsafe { y.set_len(y_len) };
+        wkv4_into(dims, inputs, y.uninit_mut(), &mut state)?;
         Ok((y, state))
     })?;
     Ok((
-        to_numpy(py, k.shape(), y)?,
+        // SAFETY: wkv4_into returned Ok, so it wrote all of y.
+        unsafe { y.finish(py, k.shape()) }?,
         to_numpy(py, &[batch, 3, channels], state)?,
     ))
 }

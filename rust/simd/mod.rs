@@ -129,6 +129,9 @@ pub trait Arch: Copy + Send + Sync + 'static {
     /// Whether fused multiply-add is a single instruction here (otherwise `mul_add` would be a
     /// libm call, so [`Real::fma`] falls back to a multiply and an add).
     const FMA: bool;
+    /// Whether AVX-512 F/BW/DQ/VL are enabled, so that a kernel may use their intrinsics
+    /// directly (x86-64 only).
+    const AVX512: bool = false;
 }
 
 /// The portable path.
@@ -138,11 +141,19 @@ impl Arch for ScalarArch {
     const FMA: bool = false;
 }
 
-/// AVX2 + FMA and AVX-512: both have FMA.
+/// AVX2 + FMA.
 #[derive(Clone, Copy, Debug)]
 pub struct FmaArch;
 impl Arch for FmaArch {
     const FMA: bool = true;
+}
+
+/// AVX-512 (with FMA).
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512Arch;
+impl Arch for Avx512Arch {
+    const FMA: bool = true;
+    const AVX512: bool = true;
 }
 
 /// A kernel body that [`dispatch`] compiles once per ISA. Implementations mark `run`
@@ -157,7 +168,7 @@ pub trait Kernel {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")]
 unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
-    kernel.run::<FmaArch>()
+    kernel.run::<Avx512Arch>()
 }
 
 #[cfg(target_arch = "x86_64")]
