@@ -458,12 +458,12 @@ fn two_exp_step<T: Real, A: Arch>(
 
 /// `(exp(x - q), exp(z - q))` with `q = max(x, z)`, from `gap = x - z`: one of the two is
 /// exp(0) = 1 and the other exp(min - max) = exp(-|gap|), so one exp suffices, with the same
-/// values as two (the exp gives exactly 1 at 0, and min - max = min(gap, -gap) exactly).
+/// values as two (the exp gives exactly 1 at 0, and min - max = -|gap| exactly).
 /// The exp is taken as 2^(-|gap| log2 e): its argument reduction is exact, so it costs fewer
 /// operations than `exp_on`, for one extra rounding of the scaled exponent.
 #[inline(always)]
 fn split_weights<T: Real, A: Arch>(gap: T) -> (T, T) {
-    let weight = (gap.min_nan(-gap) * T::LOG2E).exp2_on::<A>();
+    let weight = (gap.magnitude() * -T::LOG2E).exp2_nonpositive_on::<A>();
     if gap < T::ZERO {
         (weight, T::ONE)
     } else {

@@ -45,36 +45,30 @@ pub trait Real:
     /// once, at the cost of one rounding of the scaled product.
     #[inline(always)]
     fn exp2_on<A: Arch>(self) -> Self {
-        let (f, scale) = self.exp2_reduce();
+        let (f, scale) = self
+            .max_nan(Self::EXP2_MIN)
+            .min_nan(Self::EXP2_MAX)
+            .exp2_split();
         horner::<_, A>(f, Self::EXP2_POLY) * scale
     }
-    /// [`Real::exp2_on`] of every lane, bit for bit, computed stage by stage across the lanes:
-    /// each polynomial step is N independent multiply-adds in a row, so a block of lanes keeps
-    /// several vector units busy where one exp at a time would wait on its own chain.
+    /// [`Real::exp2_on`] for x <= 0 (or NaN), bit for bit, one instruction shorter: it needs
+    /// no upper clamp.
     #[inline(always)]
-    fn exp2_lanes<A: Arch, const N: usize>(x: &[Self; N]) -> [Self; N] {
-        let mut f = [Self::ZERO; N];
-        let mut scale = [Self::ZERO; N];
-        for l in 0..N {
-            (f[l], scale[l]) = x[l].exp2_reduce();
-        }
-        let poly = Self::EXP2_POLY;
-        let mut acc = [poly[poly.len() - 1]; N];
-        for &c in poly[..poly.len() - 1].iter().rev() {
-            for l in 0..N {
-                acc[l] = Self::fma::<A>(acc[l], f[l], c);
-            }
-        }
-        for l in 0..N {
-            acc[l] *= scale[l];
-        }
-        acc
+    fn exp2_nonpositive_on<A: Arch>(self) -> Self {
+        let (f, scale) = self.max_nan(Self::EXP2_MIN).exp2_split();
+        horner::<_, A>(f, Self::EXP2_POLY) * scale
     }
-    /// The argument reduction of [`Real::exp2_on`]: x (clamped to the normal range) = n + f
-    /// with n an integer and |f| <= 1/2; returns (f, 2^n).
-    fn exp2_reduce(self) -> (Self, Self);
+    /// The smallest and largest arguments of [`Real::exp2_split`]: 2^x stays normal.
+    const EXP2_MIN: Self;
+    /// See [`Real::EXP2_MIN`].
+    const EXP2_MAX: Self;
+    /// The argument reduction of [`Real::exp2_on`]: x in `[EXP2_MIN, EXP2_MAX]` = n + f with n
+    /// an integer and |f| <= 1/2; returns (f, 2^n).
+    fn exp2_split(self) -> (Self, Self);
     /// The coefficients of 2^f on |f| <= 1/2, lowest degree first.
     const EXP2_POLY: &'static [Self];
+    /// |x|.
+    fn magnitude(self) -> Self;
     /// Natural logarithm of a positive, finite, normal number, vectorisable.
     fn ln_positive_on<A: Arch>(self) -> Self;
     /// [`Real::exp_on`] without FMA, for code outside a [`super::Kernel`].
@@ -268,12 +262,19 @@ impl Real for f32 {
     }
 
     const EXP2_POLY: &'static [f32] = &EXP2_F32;
+    const EXP2_MIN: f32 = -126.0;
+    const EXP2_MAX: f32 = 127.0;
 
     #[inline(always)]
-    fn exp2_reduce(self) -> (f32, f32) {
+    fn magnitude(self) -> f32 {
+        self.abs()
+    }
+
+    #[inline(always)]
+    fn exp2_split(self) -> (f32, f32) {
         // n = round(x), read from the low mantissa bits after adding 1.5 * 2^23.
         const MAGIC: f32 = 12_582_912.0;
-        let x = self.max_nan(-126.0).min_nan(127.0);
+        let x = self;
         let shifted = x + MAGIC;
         let f = x - (shifted - MAGIC);
         let n_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
@@ -333,11 +334,18 @@ impl Real for f64 {
     }
 
     const EXP2_POLY: &'static [f64] = &EXP2_F64;
+    const EXP2_MIN: f64 = -1022.0;
+    const EXP2_MAX: f64 = 1023.0;
 
     #[inline(always)]
-    fn exp2_reduce(self) -> (f64, f64) {
+    fn magnitude(self) -> f64 {
+        self.abs()
+    }
+
+    #[inline(always)]
+    fn exp2_split(self) -> (f64, f64) {
         const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
-        let x = self.max_nan(-1022.0).min_nan(1023.0);
+        let x = self;
         let shifted = x + MAGIC;
         let f = x - (shifted - MAGIC);
         let n_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
@@ -423,20 +431,21 @@ mod tests {
     }
 
     #[test]
-    fn exp2_lanes_equals_exp2_on_bit_for_bit() {
+    fn exp2_nonpositive_equals_exp2_on_bit_for_bit() {
         use crate::simd::FmaArch;
-        let x: [f64; 37] = std::array::from_fn(|i| (i as f64 - 18.0) * 7.3 + 0.01 * i as f64);
-        let xf: [f32; 37] = std::array::from_fn(|i| x[i] as f32);
-        let (lanes, lanes_f) = (
-            f64::exp2_lanes::<FmaArch, 37>(&x),
-            f32::exp2_lanes::<FmaArch, 37>(&xf),
-        );
-        for i in 0..37 {
-            assert_eq!(lanes[i].to_bits(), x[i].exp2_on::<FmaArch>().to_bits());
-            assert_eq!(lanes_f[i].to_bits(), xf[i].exp2_on::<FmaArch>().to_bits());
+        for i in 0..=3000 {
+            let x = -(i as f64) * 0.37;
+            let (a, b) = (x.exp2_nonpositive_on::<FmaArch>(), x.exp2_on::<FmaArch>());
+            assert_eq!(a.to_bits(), b.to_bits(), "f64 at {x}");
+            let xf = x as f32;
+            let (a, b) = (xf.exp2_nonpositive_on::<FmaArch>(), xf.exp2_on::<FmaArch>());
+            assert_eq!(a.to_bits(), b.to_bits(), "f32 at {xf}");
         }
-        let nan = f32::exp2_lanes::<ScalarArch, 2>(&[f32::NAN, -1e9]);
-        assert!(nan[0].is_nan() && nan[1] >= 0.0 && nan[1] < 1e-37);
+        assert!(f32::NAN.exp2_nonpositive_on::<ScalarArch>().is_nan());
+        assert_eq!(
+            f32::NEG_INFINITY.exp2_nonpositive_on::<ScalarArch>(),
+            2f32.powi(-126)
+        );
     }
 
     #[test]
