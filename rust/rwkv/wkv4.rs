@@ -167,7 +167,7 @@ impl<T: Real> Kernel for SpanJob<'_, '_, T> {
 
     #[inline(always)]
     fn run<A: Arch>(self) {
-        let params: Vec<Params<T>> = self.blocks.clone().map(|b| self.params::<A>(b)).collect();
+        let params: Vec<Params<T>> = self.blocks.clone().map(|b| self.params(b)).collect();
         let mut states: Vec<State<T>> =
             self.blocks.clone().map(|b| self.initial_state(b)).collect();
         let first = self.blocks.start * BLOCK;
@@ -208,10 +208,10 @@ impl<T: Real> SpanJob<'_, '_, T> {
 
     /// Block `b`'s parameters (padding lanes: w = 0, u = 0).
     #[inline(always)]
-    fn params<A: Arch>(&self, b: usize) -> Params<T> {
+    fn params(&self, b: usize) -> Params<T> {
         let w = load_block(&self.inputs.w[self.channels_of(b)]);
         let u = load_block(&self.inputs.u[self.channels_of(b)]);
-        let bonus = bonus_factors::<T, A>(&w, &u);
+        let bonus = bonus_factors(&w, &u);
         Params {
             w,
             u,
@@ -337,13 +337,6 @@ fn step_block<T: Real, A: Arch>(
     y: &mut [MaybeUninit<T>],
     stream: bool,
 ) {
-    let step = |state: &mut State<T>, k: &Block<T>, v: &Block<T>, y: &mut OutBlock<T>| {
-        if params.one_exp {
-            one_exp_step::<T, A>(state, &params.w, &params.bonus, k, v, y)
-        } else {
-            two_exp_step::<T, A>(state, &params.w, &params.u, k, v, y)
-        }
-    };
     match (
         <&Block<T>>::try_from(k),
         <&Block<T>>::try_from(v),
@@ -351,15 +344,33 @@ fn step_block<T: Real, A: Arch>(
     ) {
         (Ok(k), Ok(v), Ok(y)) if stream && is_line_aligned(y) => {
             let mut out = [MaybeUninit::uninit(); BLOCK];
-            step(state, k, v, &mut out);
+            step::<T, A>(state, params, k, v, &mut out);
             store_streaming::<T, A>(y, &out);
         }
-        (Ok(k), Ok(v), Ok(y)) => step(state, k, v, y),
+        (Ok(k), Ok(v), Ok(y)) => step::<T, A>(state, params, k, v, y),
         _ => {
             let mut padded = [MaybeUninit::uninit(); BLOCK];
-            step(state, &load_block(k), &load_block(v), &mut padded);
+            step::<T, A>(state, params, &load_block(k), &load_block(v), &mut padded);
             y.copy_from_slice(&padded[..y.len()]);
         }
+    }
+}
+
+/// One step of a full block in its form. (A function, not a closure: closures do not
+/// inherit the target features of the kernel they sit in, and a closure that is not inlined
+/// calls libm for every fused multiply-add.)
+#[inline(always)]
+fn step<T: Real, A: Arch>(
+    state: &mut State<T>,
+    params: &Params<T>,
+    k: &Block<T>,
+    v: &Block<T>,
+    y: &mut OutBlock<T>,
+) {
+    if params.one_exp {
+        one_exp_step::<T, A>(state, &params.w, &params.bonus, k, v, y)
+    } else {
+        two_exp_step::<T, A>(state, &params.w, &params.u, k, v, y)
     }
 }
 
@@ -417,7 +428,7 @@ fn bonus_limit<T: Real>() -> f64 {
 /// `e^-(u + w)` per lane, or `None` when some |u + w| exceeds [`bonus_limit`] (the block then
 /// runs [`two_exp_step`]). Padding lanes get 1.
 #[inline(always)]
-fn bonus_factors<T: Real, A: Arch>(w: &Block<T>, u: &Block<T>) -> Option<Block<T>> {
+fn bonus_factors<T: Real>(w: &Block<T>, u: &Block<T>) -> Option<Block<T>> {
     let limit = T::from_f64(bonus_limit::<T>());
     let mut bonus = [T::ONE; BLOCK];
     for l in 0..BLOCK {
@@ -426,7 +437,8 @@ fn bonus_factors<T: Real, A: Arch>(w: &Block<T>, u: &Block<T>) -> Option<Block<T
         if !(sum <= limit && -sum <= limit) {
             return None;
         }
-        bonus[l] = (-sum).exp_on::<A>();
+        // The portable exp: the same factor on every instruction set.
+        bonus[l] = (-sum).exp();
     }
     Some(bonus)
 }
