@@ -214,6 +214,41 @@ def test_wkv4_one_step_by_hand():
     np.testing.assert_array_equal(state, [[[3.0, 0.25], [1.0, 1.0], [1.0, -2.0]]])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wkv4_extreme_decay_runs_the_two_exp_form(dtype, rng, each_simd_path):
+    # |u + w| beyond the one-exp form's bound (60 in float32, 600 in float64) sends a 64-channel
+    # block to the plain two-exp form; 150 channels make three blocks, the middle one extreme.
+    # Both forms must match the reference and carry state across calls bit for bit.
+    w, u, k, v, state = wkv4_inputs(rng, 2, 40, 150, state=True)
+    w[64:128] = -np.exp(rng.uniform(6.6, 7.0, 64))  # time_decay ~ 6.8: w ~ -900
+    args = cast(dtype, w, u, k, v)
+    state = cast(dtype, state)[0]
+    y, final = rwkv.wkv4(*args, state)
+    y_ref, final_ref = ref.wkv4(*as64(*args, state))
+    assert_close(y, y_ref, dtype)
+    assert_close_state(final, final_ref, dtype)
+    y1, carried = rwkv.wkv4(*args[:2], args[2][:, :17], args[3][:, :17], state)
+    y2, carried = rwkv.wkv4(*args[:2], args[2][:, 17:], args[3][:, 17:], carried)
+    np.testing.assert_array_equal(np.concatenate([y1, y2], axis=1), y)
+    np.testing.assert_array_equal(carried, final)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wkv4_large_output_streams_the_same_bits(dtype, rng, each_simd_path):
+    # y of 4 MiB or more is written with non-temporal stores (on AVX-512); the same sequence
+    # in two calls (each below 4 MiB) takes plain stores and must give the same bits.
+    length, channels = 512, 1024 if dtype == np.float32 else 512
+    w, u, k, v, _ = cast(dtype, *wkv4_inputs(rng, 2, length, channels))
+    y, final = rwkv.wkv4(w, u, k, v)
+    assert y.nbytes >= 4 << 20 and y.flags.c_contiguous and y.flags.writeable
+    assert y.ctypes.data % 64 == 0  # the output starts on a cache line, for the streaming
+    half = length // 2
+    y1, carried = rwkv.wkv4(w, u, k[:, :half], v[:, :half])
+    y2, carried = rwkv.wkv4(w, u, k[:, half:], v[:, half:], carried)
+    np.testing.assert_array_equal(np.concatenate([y1, y2], axis=1), y)
+    np.testing.assert_array_equal(carried, final)
+
+
 # -------------------------------------------------------------------------- wkv5/6/7 by hand
 
 

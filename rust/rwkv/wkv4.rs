@@ -515,11 +515,11 @@ mod tests {
         y
     }
 
-    #[test]
-    fn matches_the_four_exp_form_across_a_partial_block() {
-        let (batch, len, channels) = (2, 9, BLOCK + 3);
+    /// wkv4 on `channels` channels (w from `decay`) against the four-exp form, per channel.
+    fn check_against_four_exp_form(channels: usize, decay: impl Fn(usize) -> f64) {
+        let (batch, len) = (2, 9);
         let f = |i: usize, s: f64| ((i as f64 * s).sin() * 3.0).round() / 2.0 + (i % 7) as f64;
-        let w: Vec<f64> = (0..channels).map(|c| -0.1 - f(c, 0.3).abs()).collect();
+        let w: Vec<f64> = (0..channels).map(decay).collect();
         let u: Vec<f64> = (0..channels).map(|c| f(c, 0.7) - 2.0).collect();
         let k: Vec<f64> = (0..batch * len * channels).map(|i| f(i, 1.1)).collect();
         let v: Vec<f64> = (0..batch * len * channels).map(|i| f(i, 0.37)).collect();
@@ -545,10 +545,33 @@ mod tests {
                 };
                 let want = naive(w[c], u[c], &column(&k), &column(&v));
                 for (got, want) in column(&y).iter().zip(&want) {
-                    assert!((got - want).abs() <= 1e-13 * want.abs().max(1.0));
+                    assert!(
+                        (got - want).abs() <= 1e-13 * want.abs().max(1.0),
+                        "channel {c}"
+                    );
                 }
             }
         }
+    }
+
+    #[test]
+    fn one_exp_form_matches_the_four_exp_form_across_a_partial_block() {
+        let f = |i: usize| ((i as f64 * 0.3).sin() * 3.0).round() / 2.0 + (i % 7) as f64;
+        check_against_four_exp_form(BLOCK + 3, |c| -0.1 - f(c).abs());
+    }
+
+    #[test]
+    fn blocks_beyond_the_bonus_limit_run_the_two_exp_form() {
+        // The second block's |u + w| ~ 900 > 600: e^-(u + w) would overflow, so that block
+        // must take the two-exp form while its neighbours keep the one-exp form.
+        let decay = |c: usize| {
+            if (BLOCK..2 * BLOCK).contains(&c) {
+                -900.0
+            } else {
+                -0.5
+            }
+        };
+        check_against_four_exp_form(2 * BLOCK + 5, decay);
     }
 
     #[test]
