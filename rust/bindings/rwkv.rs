@@ -1,6 +1,8 @@
 //! Bindings of the RWKV WKV kernels.
 
-use super::{as_opt_slice, as_slice, dims_of, run_detached, to_numpy, AlignedOutput};
+use super::{
+    as_opt_slice, as_slice, dims_of, run_detached, run_detached_on_caller, to_numpy, AlignedOutput,
+};
 use crate::error::checked_product;
 use crate::rwkv::wkv4::{wkv4_into, Wkv4Dims, Wkv4Inputs};
 use crate::rwkv::wkv6::{wkv6, LogDecay, Wkv6Inputs};
@@ -82,7 +84,8 @@ fn wkv4_generic<'py, T: Real + Element>(
     };
     let y_len = checked_product("y", k.shape())?;
     let state_len = checked_product("state", &[batch, 3, channels])?;
-    let (y, state) = run_detached(py, || {
+    // On the calling thread: wkv4_into enters the pool itself when the call is large.
+    let (y, state) = run_detached_on_caller(py, || {
         // Not zeroed: wkv4_into writes every element of y before it returns Ok.
         let mut y = AlignedOutput::new(y_len);
         let mut state = vec![T::ZERO; state_len];

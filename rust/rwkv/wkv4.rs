@@ -11,16 +11,22 @@
 //! ```
 //!
 //! Every exponent is <= 0, so nothing overflows however large k is. One of e1, e2 is always
-//! exp(0) = 1 and the other exp(-|difference|), so each step costs two exps, not four.
+//! exp(0) = 1 and the other exp(-|difference|), so these formulas cost two exps per step
+//! (`two_exp_step`). The output's weights are the update's times a per-channel constant,
+//! so `one_exp_step` computes the same y and state from one exp; it runs whenever
+//! |u + w| is small enough for that constant to stay in range, which holds for every trained
+//! model we know of (else a block of 64 channels falls back to the two-exp form).
 //!
-//! Channels are independent: a block of channels of one batch row runs side by side, one SIMD
-//! lane per channel (no horizontal reduction), and blocks run in parallel, so the result does
-//! not depend on the thread count.
+//! Channels are independent: a block of channels runs side by side, one SIMD lane per
+//! channel (no horizontal reduction). A task advances several blocks of one batch row step by
+//! step, reading contiguous spans of the k and v rows, and writes large outputs with
+//! non-temporal stores; results depend neither on the thread count nor on how the blocks are
+//! grouped into tasks.
 
 use super::{DisjointOutput, PREFETCH_AHEAD};
 use crate::error::{check_len, KernelError};
+use crate::parallel;
 use crate::simd::{self, Arch, Kernel, Real};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Sizes of one call.
@@ -87,35 +93,42 @@ pub fn wkv4_into<T: Real>(
     let blocks = channels.div_ceil(BLOCK);
     // One span per thread and batch row when there are fewer rows than threads: a span's
     // share of every row is contiguous, so the inputs stream through the caches.
-    let spans_per_row = rayon::current_num_threads()
+    let spans_per_row = parallel::num_threads()
         .div_ceil(batch.max(1))
         .clamp(1, blocks.max(1));
     let span = blocks.div_ceil(spans_per_row).clamp(1, MAX_SPAN_BLOCKS);
     let tasks: Vec<(usize, usize)> = (0..batch)
         .flat_map(|b| (0..blocks).step_by(span).map(move |first| (b, first)))
         .collect();
-    tasks.into_par_iter().for_each(|(batch_row, first_block)| {
-        let job = SpanJob {
-            dims,
-            inputs,
-            batch_row,
-            blocks: first_block..blocks.min(first_block + span),
-            stream,
-            y: &y,
-            state_out: &state_out,
-        };
-        simd::dispatch_on(isa, job);
-    });
+    // A decode step (T = 1) runs on the calling thread: waking the pool would cost more.
+    let work = batch * len * channels;
+    parallel::for_each_init(
+        tasks,
+        work,
+        || (),
+        |(), (batch_row, first_block)| {
+            let job = SpanJob {
+                dims,
+                inputs,
+                batch_row,
+                blocks: first_block..blocks.min(first_block + span),
+                stream,
+                y: &y,
+                state_out: &state_out,
+            };
+            simd::dispatch_on(isa, job);
+        },
+    );
     Ok(())
 }
 
 /// Channels per block, one lane each (four 512-bit registers of f32). Each block picks its
-/// form of the step (see [`bonus_factors`]) on its own, so results do not depend on how
+/// form of the step (see `bonus_factors`) on its own, so results do not depend on how
 /// blocks are grouped into tasks.
 pub const BLOCK: usize = 64;
 
 /// Outputs at least this large are written with non-temporal stores (see
-/// [`store_streaming`]); smaller ones are likely to be read again from cache.
+/// `store_streaming`); smaller ones are likely to be read again from cache.
 pub const STREAM_MIN_BYTES: usize = 4 << 20;
 
 /// Most blocks per task: the states and parameters of 16 blocks (20 KiB of f32) stay in L1.
