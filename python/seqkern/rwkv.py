@@ -76,7 +76,8 @@ def wkv4(
 
     which is the paper's
     y_t = (sum_{i<t} e^{(t-1-i)w + k_i} v_i + e^{u+k_t} v_t) / (same sums without v),
-    without overflow for any k. Returns ``(y (B, T, C), state (B, 3, C))``.
+    without overflow for any k. Returns ``(y (B, T, C), state (B, 3, C))``; ``y`` is
+    C-contiguous and starts on a 64-byte boundary (a view into a buffer one line longer).
     """
     k = ck.as_array("k", k)
     dtype = ck.float_dtype("k", k)
