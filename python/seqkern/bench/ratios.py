@@ -6,6 +6,7 @@ Usage: ``python -m seqkern.bench.ratios [--family NAME] [--repeats N]``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import seqkern
 
 from .cases import Case, all_cases
-from .timing import median_seconds, settle_after_numpy
+from .timing import calls_per_round, round_seconds, settle_after_numpy, warm_up
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +45,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure_case(case: Case, repeats: int) -> dict[str, Any]:
-    """Times one case: seqkern over ``repeats`` rounds, the (slower) reference over half as
-    many; medians in seconds and their ratio."""
+    """Times one case in interleaved rounds: ``repeats`` rounds of seqkern (each the mean of
+    the calls that fit in 50 ms, after a warm-up) with single calls of the (slower) reference
+    between them, half as many, so that both sides see the same moments of a shared machine;
+    medians in seconds and their ratio."""
     fast, reference = case.make(np.random.default_rng(0))
-    t_fast = median_seconds(fast, repeats=repeats)
-    t_ref = median_seconds(reference, repeats=max(1, repeats // 2), min_seconds=0.0)
+    reference()  # warm-up
     settle_after_numpy()
+    inner = calls_per_round(fast)
+    fast_rounds, reference_rounds = [], []
+    for i in range(repeats):
+        warm_up(fast)
+        fast_rounds.append(round_seconds(fast, inner))
+        if i % 2 == 1 or (i == repeats - 1 and not reference_rounds):
+            reference_rounds.append(round_seconds(reference, 1))
+            settle_after_numpy()
+    t_fast, t_ref = statistics.median(fast_rounds), statistics.median(reference_rounds)
     return {
         "family": case.family,
         "kernel": case.kernel,

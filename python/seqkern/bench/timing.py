@@ -13,17 +13,40 @@ def median_seconds(fn: Callable[[], object], repeats: int = 7, min_seconds: floa
     Each round runs ``fn`` as many times as fit in ``min_seconds`` (at least once) and counts
     the mean, so that microsecond-scale calls are not dominated by timer resolution.
     """
+    inner = calls_per_round(fn, min_seconds)
+    return statistics.median(round_seconds(fn, inner) for _ in range(repeats))
+
+
+def calls_per_round(fn: Callable[[], object], min_seconds: float = 0.05) -> int:
+    """Warms up (see :func:`warm_up`) and returns how many calls of ``fn`` fill
+    ``min_seconds``."""
+    warm_up(fn)
     start = time.perf_counter()
     fn()
     once = max(time.perf_counter() - start, 1e-7)
-    inner = max(1, int(min_seconds / once))
-    rounds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        rounds.append((time.perf_counter() - start) / inner)
-    return statistics.median(rounds)
+    return max(1, int(min_seconds / once))
+
+
+# After the cores have idled (a sleep, or a single-threaded NumPy reference), the first
+# 10-50 ms of a two-thread kernel run up to 2x slower on the build VM while the cores come
+# back up to speed; rounds are timed after this much steady calling.
+WARM_UP_SECONDS = 0.1
+
+
+def warm_up(fn: Callable[[], object], seconds: float = WARM_UP_SECONDS) -> None:
+    """Calls ``fn`` for ``seconds`` (at least once)."""
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
+
+
+def round_seconds(fn: Callable[[], object], inner: int) -> float:
+    """The mean wall time of ``inner`` back-to-back calls of ``fn()``."""
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
 
 
 def sample_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
