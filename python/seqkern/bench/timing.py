@@ -50,10 +50,11 @@ def round_seconds(fn: Callable[[], object], inner: int) -> float:
 
 
 def sample_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
-    """Wall times of ``repeats`` calls of ``fn()``, after one untimed warm-up call unless
-    ``warmup`` is False (for calls long enough that caches and lazy set-up do not matter)."""
+    """Wall times of ``repeats`` calls of ``fn()``, after untimed warm-up calls (see
+    :func:`warm_up`) unless ``warmup`` is False (for calls long enough that caches, lazy set-up
+    and idle cores do not matter)."""
     if warmup:
-        fn()
+        warm_up(fn)
     samples = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
