@@ -352,7 +352,11 @@ def _speedup_plot(plt: Any, results: dict[str, Any], path: Path) -> None:
     cases = results["fixed_shape"]["rows"]
     ternary = results["ternary"]["rows"]
     panels = (1 if cases else 0) + (1 if ternary else 0)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(6.5 * max(panels, 1), 4.5), squeeze=False)
+    # Each bar carries a two-line label: about 0.3 inch per bar keeps them apart.
+    height = max(4.5, 0.3 * len(cases) + 1.0)
+    fig, axes = plt.subplots(
+        1, max(panels, 1), figsize=(6.5 * max(panels, 1), height), squeeze=False
+    )
     axes = list(axes[0])
     if cases:
         _case_bars(axes.pop(0), cases)
