@@ -234,10 +234,13 @@ def test_wkv4_extreme_decay_runs_the_two_exp_form(dtype, rng, each_simd_path):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_wkv4_large_output_streams_the_same_bits(dtype, rng, each_simd_path):
-    # y of 4 MiB or more is written with non-temporal stores (on AVX-512); the same sequence
-    # in two calls (each below 4 MiB) takes plain stores and must give the same bits.
-    length, channels = 512, 1024 if dtype == np.float32 else 512
+@pytest.mark.parametrize("row_bytes", [4096, 4000])
+def test_wkv4_large_output_streams_the_same_bits(dtype, row_bytes, rng, each_simd_path):
+    # y of 4 MiB or more is written with non-temporal stores (on AVX-512) wherever a block
+    # starts on a cache line (every block when rows are a whole number of lines, some blocks
+    # otherwise); the same sequence in two calls (each below 4 MiB) takes plain stores and
+    # must give the same bits.
+    length, channels = 560, row_bytes // np.dtype(dtype).itemsize
     w, u, k, v, _ = cast(dtype, *wkv4_inputs(rng, 2, length, channels))
     y, final = rwkv.wkv4(w, u, k, v)
     assert y.nbytes >= 4 << 20 and y.flags.c_contiguous and y.flags.writeable
