@@ -131,7 +131,7 @@ pub const BLOCK: usize = 64;
 /// `store_streaming`); smaller ones are likely to be read again from cache.
 pub const STREAM_MIN_BYTES: usize = 4 << 20;
 
-/// Most blocks per task: the states and parameters of 16 blocks (20 KiB of f32) stay in L1.
+/// Most blocks per task: the states and parameters of 16 blocks (25 KiB of f32) stay in L1.
 pub const MAX_SPAN_BLOCKS: usize = 16;
 
 type Block<T> = [T; BLOCK];
@@ -220,7 +220,6 @@ impl<T: Real> SpanJob<'_, '_, T> {
     }
 
     /// Block `b`'s parameters (padding lanes: w = 0, u = 0).
-    #[inline(always)]
     fn params(&self, b: usize) -> Params<T> {
         let w = load_block(&self.inputs.w[self.channels_of(b)]);
         let u = load_block(&self.inputs.u[self.channels_of(b)]);
