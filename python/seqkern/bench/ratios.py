@@ -45,20 +45,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure_case(case: Case, repeats: int) -> dict[str, Any]:
-    """Times one case in interleaved rounds: ``repeats`` rounds of seqkern (each the mean of
-    the calls that fit in 50 ms, after a warm-up) with single calls of the (slower) reference
-    between them, half as many, so that both sides see the same moments of a shared machine;
-    medians in seconds and their ratio."""
+    """Times one case in interleaved rounds: ``repeats`` rounds of seqkern with rounds of the
+    (slower) reference between them, half as many, so that both sides see the same moments of
+    a shared machine; medians in seconds and their ratio. A round is the mean of the calls
+    that fit in 50 ms (at least one), after a warm-up (see :func:`.timing.warm_up`)."""
     fast, reference = case.make(np.random.default_rng(0))
-    reference()  # warm-up
+    reference_inner = calls_per_round(reference)
     settle_after_numpy()
-    inner = calls_per_round(fast)
+    fast_inner = calls_per_round(fast)
     fast_rounds, reference_rounds = [], []
     for i in range(repeats):
         warm_up(fast)
-        fast_rounds.append(round_seconds(fast, inner))
+        fast_rounds.append(round_seconds(fast, fast_inner))
         if i % 2 == 1 or (i == repeats - 1 and not reference_rounds):
-            reference_rounds.append(round_seconds(reference, 1))
+            warm_up(reference)  # wakes NumPy's BLAS threads and the cores, as for seqkern
+            reference_rounds.append(round_seconds(reference, reference_inner))
             settle_after_numpy()
     t_fast, t_ref = statistics.median(fast_rounds), statistics.median(reference_rounds)
     return {
