@@ -8,7 +8,8 @@ from typing import Callable
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 7, min_seconds: float = 0.05) -> float:
-    """The median wall time of ``fn()`` over ``repeats`` rounds, after one warm-up call.
+    """The median wall time of ``fn()`` over ``repeats`` rounds, after a warm-up (see
+    :func:`warm_up`).
 
     Each round runs ``fn`` as many times as fit in ``min_seconds`` (at least once) and counts
     the mean, so that microsecond-scale calls are not dominated by timer resolution.
