@@ -131,6 +131,6 @@ def score(
         model_fingerprint=fingerprint(model, dtype, backend),
         progress=report,
         restart=restart,
-        window=max(256, 16 * int(batch_size)),
+        window=min(max(256, 16 * int(batch_size)), part_size),
         part_size=part_size,
     )

@@ -8,7 +8,6 @@ model's vocabulary; text is tokenized with the model folder's tokenizer.json.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,8 +48,8 @@ class Document:
 
 
 def input_format(path: Path) -> str:
-    """"jsonl" or "parquet", from the suffix (.jsonl, .json, .ndjson, optionally .gz; .parquet,
-    .pq) or, failing that, from the Parquet magic bytes."""
+    """Either "jsonl" or "parquet", from the suffix (.jsonl, .json, .ndjson, optionally .gz;
+    .parquet, .pq) or, failing that, from the Parquet magic bytes."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
@@ -74,14 +73,14 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     except OSError as error:
         raise InputError(f"{path}: cannot read the input ({error.strerror or error})") from None
     with handle:
-        text = io.TextIOWrapper(handle, encoding="utf-8")
         line_number = 0
         while True:
             try:
-                line = text.readline()
+                raw = handle.readline()
+                line = raw.decode("utf-8")
             except (OSError, UnicodeDecodeError, EOFError) as error:
                 raise InputError(f"{path}: line {line_number + 1}: cannot read ({error})") from None
-            if not line:
+            if not raw:
                 return
             line_number += 1
             if not line.strip():

@@ -41,9 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", choices=["float32", "float64"], default="float32", help="compute dtype"
     )
-    parser.add_argument(
-        "--restart", action="store_true", help="discard an interrupted run's parts"
-    )
+    parser.add_argument("--restart", action="store_true", help="discard an interrupted run's parts")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
