@@ -69,7 +69,8 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in rows]), path)
     return path
 
 

@@ -2,8 +2,8 @@
 actors that each load the model once, ``write_parquet`` writes the results; the driver merges
 the written files into one Parquet file (renamed into place when complete).
 
-Failures: the actors are created with ``max_restarts=-1`` and ``max_task_retries=-1``, so a
-worker process that dies (killed, out of memory, node lost) is restarted and its batch is run
+Failures: Ray Data creates the actors of a pool with ``max_restarts=-1`` and
+``max_task_retries=-1`` (its default, which this engine keeps), so a worker process that dies (killed, out of memory, node lost) is restarted and its batch is run
 again; Ray Data keeps only the output of batches that completed, so every document appears once.
 An error raised by the scoring code itself (a bad row) is not retried: it stops the run and is
 raised on the driver with its message.
@@ -11,6 +11,7 @@ raised on the driver with its message.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -55,14 +56,27 @@ class RayScorer:
 
 
 def _input_error(error: BaseException) -> Optional[InputError]:
-    """The InputError inside a Ray exception (Ray wraps a task's exception, possibly twice)."""
-    seen = set()
+    """The InputError that stopped a Ray run, found in the chain of exceptions Ray wraps it in
+    (or, when Ray passed it on as text only, in their messages)."""
+    seen, chain = set(), []
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, InputError):
-            return InputError(str(error).splitlines()[-1].split("InputError: ")[-1])
+        if isinstance(error, InputError) and not isinstance(error, ray_exceptions()):
+            return InputError(*error.args)
+        chain.append(str(error))
         error = getattr(error, "cause", None) or error.__cause__
+    for text in chain:
+        found = re.findall(r"InputError: (.+)", text)
+        if found:
+            return InputError(found[-1].strip())
     return None
+
+
+def ray_exceptions() -> tuple:
+    """Ray's own exception classes (a RayTaskError subclasses the error it wraps)."""
+    import ray.exceptions
+
+    return (ray.exceptions.RayError,)
 
 
 def _dataset(ray: Any, source: str) -> Any:
@@ -71,10 +85,9 @@ def _dataset(ray: Any, source: str) -> Any:
         raise InputError(f"{source}: no such input file")
     # Reading and writing are light next to the model: they take no CPU slot, so that the
     # actors can have every CPU without starving them.
-    light = {"num_cpus": 0}
     if input_format(Path(source)) == "parquet" if local else source.endswith((".parquet", ".pq")):
-        return ray.data.read_parquet(source, include_paths=True, ray_remote_args=light)
-    return ray.data.read_json(source, include_paths=True, ray_remote_args=light)
+        return ray.data.read_parquet(source, include_paths=True, num_cpus=0)
+    return ray.data.read_json(source, include_paths=True, num_cpus=0)
 
 
 def run_ray(
@@ -107,8 +120,6 @@ def run_ray(
             batch_size=max(options["batch_size"], 16),
             concurrency=actors,
             num_cpus=threads,
-            max_restarts=-1,
-            max_task_retries=-1,
         )
         try:
             dataset.write_parquet(str(parts), ray_remote_args={"num_cpus": 0})
