@@ -3,8 +3,9 @@ actors that each load the model once, ``write_parquet`` writes the results; the 
 the written files into one Parquet file (renamed into place when complete).
 
 Failures: Ray Data creates the actors of a pool with ``max_restarts=-1`` and
-``max_task_retries=-1`` (its default, which this engine keeps), so a worker process that dies (killed, out of memory, node lost) is restarted and its batch is run
-again; Ray Data keeps only the output of batches that completed, so every document appears once.
+``max_task_retries=-1`` (its default, which this engine keeps), so a worker process that dies
+(killed, out of memory, node lost) is restarted and its batch is run again; Ray Data keeps only
+the output of batches that completed, so every document appears once.
 An error raised by the scoring code itself (a bad row) is not retried: it stops the run and is
 raised on the driver with its message.
 """
