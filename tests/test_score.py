@@ -180,7 +180,12 @@ def test_bad_row_in_parquet_names_the_row(folder, tmp_path):
 
 def test_options_are_checked(folder, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "input_ids": [1, 2]}])
-    for name, value in [("batch_size", 0), ("max_tokens", -1), ("batch_size", 1.5)]:
+    for name, value in [
+        ("batch_size", 0),
+        ("max_tokens", -1),
+        ("batch_size", 1.5),
+        ("part_size", 0),
+    ]:
         with pytest.raises(ValueError, match=name):
             run(folder, source, tmp_path / "out.parquet", **{name: value})
     with pytest.raises(ValueError, match="engine"):

@@ -92,7 +92,7 @@ def score(
     Bad input raises :class:`InputError` (a ValueError) naming the file, the row and the
     problem; ``output`` is then left as it was.
     """
-    check_options(batch_size, max_tokens)
+    check_options(batch_size=batch_size, max_tokens=max_tokens, part_size=part_size)
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
     output = Path(output)
@@ -103,7 +103,6 @@ def score(
         "batch_size": int(batch_size),
         "max_tokens": int(max_tokens),
     }
-    report = Progress(progress)
     if engine == "ray":
         from ._ray import run_ray
 
@@ -114,7 +113,7 @@ def score(
             address=address,
             actors=actors,
             threads=threads or 1,
-            progress=report,
+            progress=Progress(progress),
             **options,
         )
     if address is not None or actors is not None:
@@ -129,7 +128,7 @@ def score(
         source,
         output,
         model_fingerprint=fingerprint(model, dtype, backend),
-        progress=report,
+        progress=Progress(progress),  # after loading: tokens/s counts scoring only
         restart=restart,
         window=min(max(256, 16 * int(batch_size)), part_size),
         part_size=part_size,

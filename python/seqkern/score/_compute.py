@@ -38,10 +38,11 @@ def token_logprobs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     out = np.empty(tokens.shape[0], np.float64)
     for start in range(0, flat.shape[0], _SOFTMAX_ROWS):
         z = flat[start : start + _SOFTMAX_ROWS].astype(np.float64)
-        top = z.max(axis=1)
-        lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
         picked = z[np.arange(z.shape[0]), tokens[start : start + _SOFTMAX_ROWS]]
-        out[start : start + _SOFTMAX_ROWS] = picked - lse
+        top = z.max(axis=1)
+        z -= top[:, None]
+        np.exp(z, out=z)
+        out[start : start + _SOFTMAX_ROWS] = picked - (top + np.log(z.sum(axis=1)))
     return out.reshape(targets.shape)
 
 

@@ -170,9 +170,9 @@ class Scorer:
         }
 
 
-def check_options(batch_size: Any, max_tokens: Any) -> None:
-    """ValueError naming the option unless both are ints >= 1."""
-    for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
+def check_options(**options: Any) -> None:
+    """ValueError naming the option unless every one is an int >= 1."""
+    for name, value in options.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -108,6 +109,7 @@ def run_ray(
     started = not ray.is_initialized()
     if started:
         ray.init(address=address) if address else ray.init()
+    progress.start = time.perf_counter()  # tokens/s counts from a running cluster
     parts = output.with_name(output.name + ".ray-parts")
     try:
         if parts.exists():
