@@ -79,7 +79,11 @@ def test_ray_gives_the_local_numbers(cluster, folder, rows, tmp_path, kind):
     )
     assert written == len(rows)
     assert_same(read_output(tmp_path / "ray.parquet"), read_output(tmp_path / "local.parquet"))
-    assert not (tmp_path / "ray.parquet.ray-parts").exists()
+    assert not (tmp_path / "ray.parquet.tmp").exists()
+    if kind == "jsonl":  # an output URI: a directory the workers write into
+        uri = (tmp_path / "scores").as_uri()
+        assert score(folder, source, uri, engine="ray", progress=None) == len(rows)
+        assert_same(read_output(tmp_path / "scores"), read_output(tmp_path / "local.parquet"))
 
 
 class CrashOnce:

@@ -95,7 +95,6 @@ def score(
     check_options(batch_size=batch_size, max_tokens=max_tokens, part_size=part_size)
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
-    output = Path(output)
     options = {
         "tokenizer": tokenizer,
         "dtype": dtype,
@@ -109,7 +108,7 @@ def score(
         return run_ray(
             model,
             str(input),
-            output,
+            str(output),
             address=address,
             actors=actors,
             threads=threads or 1,
@@ -126,7 +125,7 @@ def score(
     return run_local(
         scorer,
         source,
-        output,
+        Path(output),
         model_fingerprint=fingerprint(model, dtype, backend),
         progress=Progress(progress),  # after loading: tokens/s counts scoring only
         restart=restart,

@@ -1,6 +1,7 @@
 """The Ray engine: ``ray.data`` reads the input on the cluster, ``map_batches`` runs a pool of
-actors that each load the model once, ``write_parquet`` writes the results; the driver merges
-the written files into one Parquet file (renamed into place when complete).
+actors that each load the model once; the driver streams the results (four numbers a document)
+into one Parquet file, renamed into place when complete, so no filesystem has to be shared for
+the output; or, for an output URI, the workers ``write_parquet`` there.
 
 Failures: Ray Data creates the actors of a pool with ``max_restarts=-1`` and
 ``max_task_retries=-1`` (its default, which this engine keeps), so a worker process that dies
@@ -12,8 +13,8 @@ raised on the driver with its message.
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ._input import InputError, check_row, input_format, require_pyarrow
-from ._local import Progress, merge_parts, output_schema, to_table
+from ._local import Progress, output_schema, to_table
 from ._model import ModelSource, Scorer, set_threads
 
 __all__ = ["RayScorer", "require_ray", "run_ray"]
@@ -95,7 +96,7 @@ def _dataset(ray: Any, source: str) -> Any:
 def run_ray(
     model: ModelSource,
     source: str,
-    output: Path,
+    output: str,
     *,
     address: Optional[str],
     actors: Optional[int],
@@ -103,51 +104,66 @@ def run_ray(
     progress: Progress,
     **options: Any,
 ) -> int:
-    """Scores ``source`` on a Ray cluster into ``output``; returns the number of documents."""
+    """Scores ``source`` on a Ray cluster into ``output``; returns the number of documents.
+
+    A local ``output`` path is written by the driver from the stream of results (one file,
+    renamed into place when complete; no filesystem needs to be shared for it). A URI
+    (s3://bucket/scores/) is a directory that the workers write into with ``write_parquet``.
+    """
     ray = require_ray()
     require_pyarrow("the Ray engine")
     started = not ray.is_initialized()
     if started:
         ray.init(address=address) if address else ray.init()
     progress.start = time.perf_counter()  # tokens/s counts from a running cluster
-    parts = output.with_name(output.name + ".ray-parts")
     try:
-        if parts.exists():
-            shutil.rmtree(parts)
         if actors is None:
             actors = max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
         dataset = _dataset(ray, source).map_batches(
             RayScorer,
             fn_constructor_kwargs={"model": model, "threads": threads, **options},
             batch_format="pyarrow",
-            batch_size=max(options["batch_size"], 16),
-            concurrency=actors,
+            batch_size=4 * options["batch_size"],
+            # From one actor up to ``actors``: a pool that took every CPU at once would leave
+            # none for the read tasks that feed it (Parquet's file listing needs one).
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
             num_cpus=threads,
         )
         try:
-            dataset.write_parquet(str(parts), ray_remote_args={"num_cpus": 0})
+            if "://" in output:
+                dataset.write_parquet(output, ray_remote_args={"num_cpus": 0})
+                return ray.data.read_parquet(output).count()  # from the files' metadata
+            return _write(dataset, Path(output), progress)
         except Exception as error:
             bad = _input_error(error)
             if bad is not None:
                 raise bad from None
             raise
-        return _merge(parts, output, progress)
     finally:
-        if parts.exists():
-            shutil.rmtree(parts, ignore_errors=True)
         if started:
             ray.shutdown()
 
 
-def _merge(parts: Path, output: Path, progress: Progress) -> int:
+def _write(dataset: Any, output: Path, progress: Progress) -> int:
+    """Streams the results into ``output`` through a temporary file and a rename."""
     import pyarrow.parquet as pq
 
-    files = sorted(parts.rglob("*.parquet"))
-    kinds = {pq.read_schema(f).field("id").type for f in files}
-    id_kind = int if kinds and all(str(k).startswith("int") for k in kinds) else str
-    schema = output_schema(id_kind)
-    merge_parts(files, output, schema)
-    table = pq.read_table(output, columns=["n_tokens"])
-    progress.docs, progress.tokens = table.num_rows, int(np.sum(table.column("n_tokens")))
+    tmp = output.with_name(output.name + ".tmp")
+    writer = None
+    try:
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            if writer is None:
+                id_kind = int if str(batch.schema.field("id").type).startswith("int") else str
+                schema = output_schema(id_kind)
+                writer = pq.ParquetWriter(tmp, schema)
+            writer.write_table(batch.cast(schema))
+            progress.update(batch.num_rows, int(np.sum(batch.column("n_tokens"))))
+        if writer is None:  # no documents
+            writer = pq.ParquetWriter(tmp, output_schema(str))
+        writer.close()
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     progress.finish()
-    return table.num_rows
+    return progress.docs
