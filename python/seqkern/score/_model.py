@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -46,7 +47,7 @@ def fetch_folder(uri: str) -> Path:
     try:
         os.replace(staging, local)
     except OSError:  # another process on this machine finished first
-        pass
+        shutil.rmtree(staging, ignore_errors=True)
     return local
 
 
