@@ -288,3 +288,12 @@ def test_command_line(folder, docs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl: line 1 (id 1): token id 61" in err
     assert json.dumps(read_output(output)["id"]) == json.dumps([d["id"] for d in docs])
+
+
+def test_padded_batch_in_pieces_equals_one_pass(folder):
+    from seqkern.score._compute import _score_batch
+
+    model = models.load(folder, dtype="float64")
+    docs = [np.array(d["input_ids"]) for d in corpus(12, seed=9)[2:6]]  # lengths 2, 3, 70, ...
+    sums = _score_batch(model, docs, max_tokens=9)  # 4 rows: pieces of 2 tokens
+    np.testing.assert_allclose(sums, [by_hand(model, d.tolist()) for d in docs], rtol=1e-10)

@@ -12,8 +12,8 @@ scored; a document of fewer than 2 tokens has logprob_sum 0 (an empty sum) and n
 
 Batching: the documents of a batch are right-padded to the longest. A causal model's outputs at
 position t depend only on tokens 0..t, so the padding never changes a real position's logits and
-the batched numbers equal the one-by-one numbers (to the rounding of the matmuls). The caller
-sorts documents by length first, so little padding is computed. Long documents run in pieces
+the batched numbers equal the one-by-one numbers (to the rounding of the matmuls). Documents
+are sorted by length first, so little padding is computed. Long documents run in pieces
 through the model's cache: each forward call sees at most ``max_tokens`` tokens (rows x piece
 length), which bounds the memory of the logits at ``max_tokens x vocab x 4`` bytes.
 """
@@ -72,15 +72,23 @@ def _score_batch(model: Any, docs: Sequence[np.ndarray], max_tokens: int) -> np.
 def score_documents(
     model: Any, docs: Sequence[np.ndarray], batch_size: int, max_tokens: int
 ) -> np.ndarray:
-    """logprob_sum of each document (in the given order): sorted by length, batched by up to
-    ``batch_size``, each forward call at most ``max_tokens`` tokens."""
+    """logprob_sum of each document (in the given order).
+
+    Documents are sorted longest first and grouped: a group holds as many documents as fit
+    whole in ``max_tokens`` (rows x longest), at most ``batch_size`` and at least one, so short
+    documents share a call and long ones keep long pieces (a forward call's fixed cost, per
+    layer, is paid once per piece; pieces of a few hundred tokens keep the matmuls efficient).
+    A document longer than ``max_tokens`` runs alone, in pieces of ``max_tokens``.
+    """
     sums = np.zeros(len(docs), np.float64)
-    scored = [i for i, doc in enumerate(docs) if len(doc) >= 2]
-    order = sorted(scored, key=lambda i: len(docs[i]), reverse=True)
-    rows = max(1, min(batch_size, max_tokens))
-    for start in range(0, len(order), rows):
+    order = sorted((i for i, doc in enumerate(docs) if len(doc) >= 2), key=lambda i: -len(docs[i]))
+    start = 0
+    while start < len(order):
+        longest = len(docs[order[start]]) - 1  # tokens fed: the last one is only a target
+        rows = max(1, min(batch_size, max_tokens // longest))
         group = order[start : start + rows]
         sums[group] = _score_batch(model, [docs[i] for i in group], max_tokens)
+        start += rows
     return sums
 
 
