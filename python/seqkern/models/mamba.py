@@ -75,9 +75,7 @@ class MambaLM(CausalLM):
         self.embedding = weights("backbone.embeddings.weight", vocab, hidden)
         self.layers = [self._load_layer(weights, config, i) for i in range(layers)]
         self.norm_f = weights("backbone.norm_f.weight", hidden)
-        tied = (
-            config.get("tie_word_embeddings", True) and "lm_head.weight" not in weights.checkpoint
-        )
+        tied = bool(config.get("tie_word_embeddings", True))  # as transformers ties it
         self.lm_head = self.embedding if tied else weights("lm_head.weight", vocab, hidden)
         super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
 
