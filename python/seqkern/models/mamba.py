@@ -100,6 +100,10 @@ class MambaLM(CausalLM):
             out_bias=w(m + "out_proj.bias", h) if use_bias else None,
         )
 
+    def linear_weights(self) -> list[np.ndarray]:
+        per_layer = [(x.in_proj, x.x_proj, x.dt_proj, x.out_proj) for x in self.layers]
+        return [w for ws in per_layer for w in ws] + [self.lm_head]
+
     def _state_arrays(self, batch: int) -> dict[str, np.ndarray]:
         layers, di = self.num_layers, self.d_inner
         return {

@@ -127,6 +127,10 @@ class Mamba2LM(CausalLM):
             out_bias=w(m + "out_proj.bias", h) if use_bias else None,
         )
 
+    def linear_weights(self) -> list[np.ndarray]:
+        per_layer = [(x.in_z, x.in_xbc, x.in_dt, x.out_proj) for x in self.layers]
+        return [w for ws in per_layer for w in ws] + [self.lm_head]
+
     def _state_arrays(self, batch: int) -> dict[str, np.ndarray]:
         layers = self.num_layers
         return {
