@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,6 +227,21 @@ def test_cache_size_does_not_grow_with_context(model64, rng):
     size = cache.nbytes
     model64.forward(_ids(rng, 1, 40), cache)
     assert cache.nbytes == size
+
+
+# Tiny checkpoints written by transformers 5.25 (MambaForCausalLM with in/out biases;
+# Mamba2ForCausalLM with 2 groups, a time-step limit and an untied head), random weights, with
+# its float64 logits. Its CPU path computes A = -exp(A_log) in float32, so the two agree to
+# ~7e-7 of the logits' scale, not to float64 rounding; 1e-5 leaves margin.
+@pytest.mark.parametrize("name", ["hf-mamba", "hf-mamba2"])
+@pytest.mark.parametrize("backend", ["seqkern", "numpy"])
+def test_matches_transformers_logits(name, backend):
+    folder = Path(__file__).parent / "data" / name
+    expected = np.load(folder / "expected.npz")
+    model = models.load(folder, dtype=np.float64, backend=backend)
+    logits = model(expected["input_ids"])
+    scale = np.max(np.abs(expected["logits"]))
+    np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5 * scale)
 
 
 # --- generation

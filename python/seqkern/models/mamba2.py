@@ -10,9 +10,8 @@ Each layer: h = x + out_proj(mixer(rms_norm(x))), with the mixer::
     out = out_proj(y)
 
 The gated norm takes its variance per group of d_inner / n_groups channels, as mamba_ssm's
-RMSNormGated (group_size = d_inner / ngroups) with which the checkpoints were trained;
-transformers' CPU path takes it over all d_inner channels, which differs only when
-n_groups > 1. A prompt runs on causal_conv1d + ssd_scan, a single token on
+RMSNormGated and transformers' Mamba2RMSNormGated do (group_size = d_inner / n_groups).
+A prompt runs on causal_conv1d + ssd_scan, a single token on
 causal_conv1d_update + selective_state_update. The cache holds, per layer, the conv state over
 the xBC channels (B, d_inner + 2 G N, k - 1) and the ssm state (B, H, head_dim, N).
 """
@@ -25,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from .checkpoint import config_float
 from .core import Cache, CausalLM, Weights, rms_norm, silu, softplus
 
 
@@ -81,7 +81,7 @@ class Mamba2LM(CausalLM):
         self.eps = float(config.get("layer_norm_epsilon", 1e-5))
         self.chunk_size = int(config.get("chunk_size", 256))
         low, high = config.get("time_step_limit", (0.0, math.inf)) or (0.0, math.inf)
-        self.dt_limit = (float(low), float(high))
+        self.dt_limit = (config_float(low), config_float(high))
         vocab = int(config["vocab_size"])
         layers = int(config["num_hidden_layers"])
         self.embedding = weights("backbone.embeddings.weight", vocab, hidden)
