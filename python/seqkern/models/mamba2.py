@@ -11,7 +11,8 @@ Each layer: h = x + out_proj(mixer(rms_norm(x))), with the mixer::
 
 The gated norm takes its variance per group of d_inner / n_groups channels, as mamba_ssm's
 RMSNormGated and transformers' Mamba2RMSNormGated do (group_size = d_inner / n_groups).
-A prompt runs on causal_conv1d + ssd_scan, a single token on
+A prompt runs time-major (batch, T, channels) on causal_conv1d (channel-last) + ssd_scan, a
+single token on
 causal_conv1d_update + selective_state_update. The cache holds, per layer, the conv state over
 the xBC channels (B, d_inner + 2 G N, k - 1) and the ssm state (B, H, head_dim, N).
 """
@@ -25,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from .checkpoint import config_float
-from .core import Cache, CausalLM, Weights, rms_norm, silu, softplus
+from .core import Cache, CausalLM, Weights, rms_norm, softplus
 
 
 @dataclass
@@ -153,11 +154,12 @@ class Mamba2LM(CausalLM):
         x = rms_norm(x, self.norm_f, self.eps)
         return x @ self.lm_head.T
 
-    def _gated_norm(self, y: np.ndarray, z: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        """rms_norm(y * silu(z)) per group of d_inner / n_groups channels, times weight."""
-        gated = (y * silu(z)).reshape(*y.shape[:-1], self.groups, -1)
-        inv = 1.0 / np.sqrt(np.mean(np.square(gated), axis=-1, keepdims=True) + self.eps)
-        return (gated * inv.astype(y.dtype, copy=False)).reshape(y.shape) * weight
+    def _group_norm(self, gated: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """rms_norm of the gated output y * silu(z) per group of d_inner / n_groups channels,
+        times weight (the kernels apply the gate)."""
+        grouped = gated.reshape(*gated.shape[:-1], self.groups, -1)
+        inv = 1.0 / np.sqrt(np.mean(np.square(grouped), axis=-1, keepdims=True) + self.eps)
+        return (grouped * inv.astype(gated.dtype, copy=False)).reshape(gated.shape) * weight
 
     def _split_xbc(self, xbc: np.ndarray):
         """(x heads, B groups, C groups) views of the conv output (..., conv_dim)."""
@@ -171,21 +173,26 @@ class Mamba2LM(CausalLM):
     def _mix_prompt(self, layer: _Layer, h: np.ndarray, conv: np.ndarray, ssm: np.ndarray):
         """The mixer over T tokens (B, T, hidden), continuing from and updating the states."""
         k = self.kernels
-        xbc_cm = np.matmul(layer.in_xbc, h.transpose(0, 2, 1))  # (B, conv_dim, T)
+        xbc = h @ layer.in_xbc.T  # (B, T, conv_dim): time-major, as the SSD scan reads it
         if layer.bias_xbc is not None:
-            xbc_cm += layer.bias_xbc[:, None]
-        xbc_cm, conv[...] = k.causal_conv1d(
-            xbc_cm,
+            xbc += layer.bias_xbc
+        # The conv reads the channel-last view in place and writes the same layout.
+        xbc_cl, conv[...] = k.causal_conv1d(
+            xbc.transpose(0, 2, 1),
             layer.conv_weight,
             layer.conv_bias,
             "silu",
             initial_states=conv,
             return_final_states=True,
         )
-        x, b, c = self._split_xbc(np.ascontiguousarray(xbc_cm.transpose(0, 2, 1)))
+        x, b, c = self._split_xbc(xbc_cl.transpose(0, 2, 1))
         dt = h @ layer.in_dt.T
         if layer.bias_dt is not None:
             dt += layer.bias_dt
+        z = h @ layer.in_z.T
+        if layer.bias_z is not None:
+            z += layer.bias_z
+        # The kernel applies the gate: y = (ssd + D x) * silu(z).
         y, ssm[...] = k.ssd_scan(
             x,
             dt,
@@ -194,16 +201,14 @@ class Mamba2LM(CausalLM):
             c,
             self.chunk_size,
             D=layer.D,
+            z=z.reshape(x.shape),
             dt_bias=layer.dt_bias,
             initial_states=ssm,
             dt_softplus=True,
             dt_limit=self.dt_limit,
             return_final_states=True,
         )
-        z = h @ layer.in_z.T
-        if layer.bias_z is not None:
-            z += layer.bias_z
-        y = self._gated_norm(y.reshape(z.shape), z, layer.gate_norm)
+        y = self._group_norm(y.reshape(z.shape), layer.gate_norm)
         out = y @ layer.out_proj.T
         return out if layer.out_bias is None else out + layer.out_bias
 
@@ -224,9 +229,9 @@ class Mamba2LM(CausalLM):
             dt = np.clip(softplus(dt + layer.dt_bias), *self.dt_limit).astype(self.dtype)
             dt_bias, dt_softplus = None, False
         y = k.selective_state_update(
-            ssm, x, dt, layer.A, b, c, layer.D, dt_bias=dt_bias, dt_softplus=dt_softplus
+            ssm, x, dt, layer.A, b, c, layer.D, z.reshape(x.shape), dt_bias, dt_softplus
         )
-        y = self._gated_norm(y.reshape(z.shape), z, layer.gate_norm)
+        y = self._group_norm(y.reshape(z.shape), layer.gate_norm)
         out = y @ layer.out_proj.T
         return out if layer.out_bias is None else out + layer.out_bias
 
