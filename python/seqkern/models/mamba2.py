@@ -32,7 +32,9 @@ from .core import Cache, CausalLM, Weights, rms_norm, softplus
 @dataclass
 class _Layer:
     norm: np.ndarray
-    in_z: np.ndarray  # (d_inner, hidden): row blocks of in_proj
+    in_proj: np.ndarray  # (d_inner + conv_dim + H, hidden)
+    in_bias: Optional[np.ndarray]
+    in_z: np.ndarray  # (d_inner, hidden): row blocks of in_proj (views)
     in_xbc: np.ndarray  # (conv_dim, hidden)
     in_dt: np.ndarray  # (H, hidden)
     bias_z: Optional[np.ndarray]
@@ -106,12 +108,15 @@ class Mamba2LM(CausalLM):
             )
         use_bias = bool(config.get("use_bias", False))
         sizes = [di, cd, heads]
-        in_z, in_xbc, in_dt = _split_rows(w(m + "in_proj.weight", width, h), sizes)
+        in_proj = w(m + "in_proj.weight", width, h)
+        in_z, in_xbc, in_dt = _split_rows(in_proj, sizes)
         in_bias = w(m + "in_proj.bias", width) if use_bias else None
         bias_z, bias_xbc, bias_dt = _split_rows(in_bias, sizes)
         use_conv_bias = bool(config.get("use_conv_bias", True))
         return _Layer(
             norm=w(p + "norm.weight", h),
+            in_proj=in_proj,
+            in_bias=in_bias,
             in_z=in_z,
             in_xbc=in_xbc,
             in_dt=in_dt,
@@ -129,7 +134,7 @@ class Mamba2LM(CausalLM):
         )
 
     def linear_weights(self) -> list[np.ndarray]:
-        per_layer = [(x.in_z, x.in_xbc, x.in_dt, x.out_proj) for x in self.layers]
+        per_layer = [(x.in_proj, x.out_proj) for x in self.layers]
         return [w for ws in per_layer for w in ws] + [self.lm_head]
 
     def _state_arrays(self, batch: int) -> dict[str, np.ndarray]:
@@ -215,12 +220,10 @@ class Mamba2LM(CausalLM):
     def _mix_token(self, layer: _Layer, h: np.ndarray, conv: np.ndarray, ssm: np.ndarray):
         """The mixer for one token (B, hidden), updating the states in place."""
         k = self.kernels
-        parts = [h @ w.T for w in (layer.in_z, layer.in_xbc, layer.in_dt)]
-        if layer.bias_z is not None:
-            parts = [
-                p + bias for p, bias in zip(parts, (layer.bias_z, layer.bias_xbc, layer.bias_dt))
-            ]
-        z, xbc, dt = parts
+        zxbcdt = h @ layer.in_proj.T
+        if layer.in_bias is not None:
+            zxbcdt += layer.in_bias
+        z, xbc, dt = np.split(zxbcdt, [self.d_inner, self.d_inner + self.conv_dim], axis=-1)
         xbc = k.causal_conv1d_update(xbc, conv, layer.conv_weight, layer.conv_bias, "silu")
         x, b, c = self._split_xbc(xbc)
         if self.dt_limit == (0.0, math.inf):
