@@ -50,15 +50,28 @@ def threads():
     seqkern.set_num_threads(before)
 
 
+# The SIMD paths, lowest first. The session's path (the best the CPU has, or what SEQKERN_SIMD
+# asked for) is the highest the tests run: `SEQKERN_SIMD=avx2 pytest` never runs AVX-512 code.
+PATHS = ("scalar", "avx2", "avx512")
+SESSION_PATH = seqkern.build_info()["simd"]
+SIMD_PATHS = PATHS[: PATHS.index(SESSION_PATH) + 1] if SESSION_PATH in PATHS else ("scalar",)
+
+
 @pytest.fixture
 def simd_path():
-    """Yields a setter for the SIMD path ("scalar", "auto", ...) and restores "auto"."""
+    """Yields a setter for the SIMD path ("scalar", "avx2", "avx512", "auto") and restores the
+    path that was chosen before (not "auto": under SEQKERN_SIMD=avx2 that stays AVX2)."""
+    before = _native.get_simd_path()
     yield _native.set_simd_path
-    _native.set_simd_path("auto")
+    _native.set_simd_path(before)
 
 
-@pytest.fixture(params=["scalar", "auto"])
+@pytest.fixture(params=PATHS)
 def each_simd_path(request, simd_path):
-    """Runs a test once on the portable path and once on the best SIMD path."""
-    simd_path(request.param)
+    """Runs a test on every SIMD path up to the session's: portable, AVX2 and AVX-512 on an
+    AVX-512 machine. Paths above it are skipped, naming the reason."""
+    if request.param not in SIMD_PATHS:
+        pytest.skip(f"{request.param} is above this session's path ({SESSION_PATH})")
+    assert simd_path(request.param) == request.param
+    assert seqkern.build_info()["simd"] == request.param
     return request.param

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import SIMD_PATHS, assert_close
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -377,13 +377,16 @@ def test_scalar_and_simd_paths_agree(name, rng, simd_path):
     *args, state = make(name, rng, shape_of(name, 2, 65, 2, 40), np.float32, True)
     simd_path("scalar")
     y_scalar, final_scalar = run(name, args, state)
-    simd_path("auto")
-    y_simd, final_simd = run(name, args, state)
-    # Both are float32 runs of the same formulas; they differ by fused vs separate rounding.
-    np.testing.assert_allclose(y_scalar, y_simd, rtol=1e-4, atol=1e-5 * np.abs(y_simd).max())
-    np.testing.assert_allclose(
-        final_scalar, final_simd, rtol=1e-4, atol=1e-5 * np.abs(final_simd).max()
-    )
+    for path in SIMD_PATHS[1:]:
+        simd_path(path)
+        y_simd, final_simd = run(name, args, state)
+        # Both are float32 runs of the same formulas; they differ by fused vs separate rounding.
+        np.testing.assert_allclose(
+            y_scalar, y_simd, rtol=1e-4, atol=1e-5 * np.abs(y_simd).max(), err_msg=path
+        )
+        np.testing.assert_allclose(
+            final_scalar, final_simd, rtol=1e-4, atol=1e-5 * np.abs(final_simd).max()
+        )
 
 
 def test_concurrent_calls_from_python_threads(rng):

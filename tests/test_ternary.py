@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import SIMD_PATHS
 from hypothesis import given
 from hypothesis import strategies as st
 
-import seqkern
 from seqkern import _native
 from seqkern.reference import ternary as ref
 from seqkern.ternary import (
@@ -97,12 +97,9 @@ def exact_product(q, codes):
     return q.astype(np.int64) @ codes.astype(np.int64).T
 
 
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
-def kernel_path(request, simd_path):
-    """Runs a test on each SIMD path this CPU has (set_simd_path clamps to the CPU)."""
-    active = simd_path(request.param)
-    if active != request.param or seqkern.build_info()["simd"] != request.param:
-        pytest.skip(f"this CPU has no {request.param} path (runs {active})")
+@pytest.fixture
+def kernel_path(each_simd_path):
+    """Runs a test on each SIMD path up to the session's (see conftest.each_simd_path)."""
     return _native.ternary_kernel_path()
 
 
@@ -411,12 +408,13 @@ def test_matmul_int_property_on_every_path(m, n, k, format, seed):
     q = random_q(rng, m, k)
     w = TernaryWeight.from_codes(codes, 1.0, format=format)
     expected = exact_product(q, codes)
+    before = _native.get_simd_path()
     try:
-        for path in ("scalar", "avx2", "avx512"):
-            if _native.set_simd_path(path) == path:
-                np.testing.assert_array_equal(ternary_matmul_int(q, w), expected, err_msg=path)
+        for path in SIMD_PATHS:
+            assert _native.set_simd_path(path) == path
+            np.testing.assert_array_equal(ternary_matmul_int(q, w), expected, err_msg=path)
     finally:
-        _native.set_simd_path("auto")
+        _native.set_simd_path(before)
 
 
 def test_matmul_int_batch_dims_and_strides(rng):

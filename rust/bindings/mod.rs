@@ -32,6 +32,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(get_simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     mamba::register(m)?;
     mamba2::register(m)?;
@@ -66,6 +67,13 @@ fn set_simd_path(name: &str) -> PyResult<&'static str> {
         })?)
     };
     Ok(simd::force_isa(wanted).name())
+}
+
+/// The SIMD path asked for ("scalar", "avx2", "avx512", by `SEQKERN_SIMD` or
+/// `set_simd_path`) or "auto"; passing it to `set_simd_path` restores the choice exactly.
+#[pyfunction]
+fn get_simd_path() -> &'static str {
+    simd::requested_isa().map_or("auto", simd::Isa::name)
 }
 
 /// Version, build profile, SIMD path (chosen and best available) and thread count.

@@ -1380,27 +1380,29 @@ mod tests {
 
     #[test]
     fn chunked_and_sequential_match_the_formula() {
-        for isa in [Isa::Scalar, Isa::Avx512] {
-            simd::force_isa(Some(isa));
-            for (batch, len, heads, p, n, groups) in [
-                (1, 1, 1, 1, 1, 1),
-                (2, 13, 4, 3, 5, 2),
-                (1, 70, 3, 17, 9, 3),
-                (2, 9, 2, 8, 16, 1),
-            ] {
-                let case = Case::new(batch, len, heads, p, n, groups);
-                let (want_out, want_last) = case.naive();
-                let (out, last) = run(ssd_scan_sequential, &case, 1);
-                assert_close(&out, &want_out, "sequential out");
-                assert_close(&last, &want_last, "sequential state");
-                for chunk in [1, 3, 4, 16, 64, 1000] {
-                    let (out, last) = run(ssd_scan, &case, chunk);
-                    assert_close(&out, &want_out, "chunked out");
-                    assert_close(&last, &want_last, "chunked state");
-                }
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            simd::with_isa(isa, || check_every_chunk_size(isa));
+        }
+    }
+
+    fn check_every_chunk_size(isa: Isa) {
+        for (batch, len, heads, p, n, groups) in [
+            (1, 1, 1, 1, 1, 1),
+            (2, 13, 4, 3, 5, 2),
+            (1, 70, 3, 17, 9, 3),
+            (2, 9, 2, 8, 16, 1),
+        ] {
+            let case = Case::new(batch, len, heads, p, n, groups);
+            let (want_out, want_last) = case.naive();
+            let (out, last) = run(ssd_scan_sequential, &case, 1);
+            assert_close(&out, &want_out, &format!("{isa:?} sequential out"));
+            assert_close(&last, &want_last, &format!("{isa:?} sequential state"));
+            for chunk in [1, 3, 4, 16, 64, 1000] {
+                let (out, last) = run(ssd_scan, &case, chunk);
+                assert_close(&out, &want_out, &format!("{isa:?} chunked out"));
+                assert_close(&last, &want_last, &format!("{isa:?} chunked state"));
             }
         }
-        simd::force_isa(None);
     }
 
     #[test]
@@ -1415,10 +1417,12 @@ mod tests {
         let plan = ChunkPlan::new(&dims);
         assert_eq!(plan.windows(&dims).len(), 2);
         let (want_out, want_last) = case.naive();
-        for scan in [ssd_scan as Scan, ssd_scan_sequential] {
-            let (out, last) = run(scan, &case, 64);
-            assert_close(&out, &want_out, "out");
-            assert_close(&last, &want_last, "state");
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            for scan in [ssd_scan as Scan, ssd_scan_sequential] {
+                let (out, last) = simd::with_isa(isa, || run(scan, &case, 64));
+                assert_close(&out, &want_out, &format!("{isa:?} out"));
+                assert_close(&last, &want_last, &format!("{isa:?} state"));
+            }
         }
     }
 
