@@ -4,10 +4,10 @@ run writes every file. Timings are synthetic or ignored: nothing here asserts a 
 from __future__ import annotations
 
 import importlib.util
-import os
 import io
 import json
 import math
+import os
 import sys
 import types
 
