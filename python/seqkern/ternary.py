@@ -291,13 +291,14 @@ def _read_npz(f) -> dict[str, np.ndarray]:
 
 def quantize_weights(W: Any, *, eps: float = 1e-5, format: str = "i2") -> TernaryWeight:
     """Quantizes ``W`` (out_features, in_features), float32 or float64, to ternary codes with
-    one per-tensor scale, bit-identical to BitNet's published ``weight_quant``::
+    one per-tensor scale, as BitNet's published ``weight_quant`` does::
 
         gamma = max(mean|W|, eps);  codes = clip(round_half_even(W * (1 / gamma)), -1, 1)
 
     computed in W's dtype (``1 / gamma`` rounded once, as PyTorch does). ``mean|W|`` is
-    accumulated in float64 and rounded once to W's dtype; PyTorch's float32 sum order can move
-    it by an ulp, which can only flip a weight lying within an ulp of gamma / 2. NaN and
+    summed exactly and rounded once to W's dtype; PyTorch's float32 sum order can move it by an
+    ulp, which can only flip a weight lying within an ulp of gamma / 2 (with the same gamma,
+    the codes are identical). NaN and
     infinity are rejected. Returns a :class:`TernaryWeight` in ``format`` ("i2" or "t1").
     """
     format = _check_format(format)
