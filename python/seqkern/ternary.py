@@ -1,8 +1,9 @@
 """BitNet b1.58 ternary weights: exact quantization, packed storage and int8 x ternary matmul.
 
 Weights follow ``nn.Linear``: ``W`` is (out_features, in_features) = (N, K) and
-``y = x @ W.T``. The quantizers are bit-identical to BitNet's published ``weight_quant`` and
-``activation_quant``; the matmul multiplies int8 activations by ternary weights exactly in
+``y = x @ W.T``. ``quantize_activations`` is bit-identical to BitNet's published
+``activation_quant``; ``quantize_weights`` is ``weight_quant`` with mean|W| summed exactly
+(see its docstring); the matmul multiplies int8 activations by ternary weights exactly in
 int32, on AVX-512 VNNI, AVX2, NEON or portable code (every path gives the same bits).
 
 Typical use::
