@@ -137,7 +137,7 @@ def edge_rows(dtype, k=9):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_activation_quant_matches_published_on_random_ties_and_edges(rng, dtype):
+def test_activation_quant_matches_published_on_random_ties_and_edges(rng, dtype, each_simd_path):
     ties = tie_rows(rng, dtype)
     x_random = (rng.standard_normal((37, 301)) * rng.uniform(0.01, 100, (37, 1))).astype(dtype)
     for x in (x_random, ties, edge_rows(dtype)):
@@ -167,7 +167,7 @@ def test_activation_scale_is_rounded_like_pytorch():
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_weight_quant_matches_published_on_random_ties_and_edges(rng, dtype):
+def test_weight_quant_matches_published_on_random_ties_and_edges(rng, dtype, each_simd_path):
     # mean|W| = 1 exactly: W * scale = W, so 0.5 -> 0, 1.5 -> 2 -> 1, 2.5 -> 2 -> 1.
     magnitudes = rng.permutation(np.repeat([0.5, 1.5, 1.0, 0.0, 2.0], 120))
     ties = (magnitudes * rng.choice([-1.0, 1.0], size=600)).reshape(20, 30)
