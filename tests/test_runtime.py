@@ -287,14 +287,15 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def test_vnni_path_runs_where_the_cpu_has_it(simd_path):
+def test_vnni_path_runs_where_the_cpu_has_it():
+    """On the session's SIMD path (the best the CPU has unless SEQKERN_SIMD lowered it): the
+    VNNI kernel wherever AVX-512 with VNNI and VBMI is available, else AVX2."""
     flags = _cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo")
-    simd_path("auto")
+    simd = seqkern.build_info()["simd"]
     vnni = {"avx512f", "avx512bw", "avx512_vnni", "avx512vbmi"} <= flags
-    avx512 = seqkern.build_info()["simd_available"] == "avx512"
-    if vnni and avx512:
-        assert _native.ternary_kernel_path() == "avx512_vnni"
-    elif "avx2" in flags:
-        assert _native.ternary_kernel_path() == "avx2"
+    expected = {"avx512": "avx512_vnni" if vnni else "avx2", "avx2": "avx2", "scalar": "scalar"}
+    assert _native.ternary_kernel_path() == expected[simd]
+    if vnni and os.environ.get("SEQKERN_SIMD") is None:
+        assert simd == "avx512"  # and so the VNNI kernel ran
