@@ -45,7 +45,8 @@ def get_num_threads() -> int:
 
 def build_info() -> dict[str, Any]:
     """What was built and what it runs on: ``version``, ``profile`` (release or debug), ``simd``
-    (the SIMD path in use; ``SEQKERN_SIMD=scalar`` forces the portable one), ``simd_available``
+    (the SIMD path in use; ``SEQKERN_SIMD=scalar`` forces the portable one, ``avx2`` the AVX2
+    one), ``simd_available``
     (the best this CPU offers), ``threads`` and ``target_arch``."""
     return dict(_native.build_info())
 
