@@ -149,25 +149,15 @@ def test_seqkern_num_threads_fallback_is_all_cores(value, warns):
 # --- the GIL
 
 
-def test_gil_is_released_while_a_kernel_runs(threads):
-    """A worker thread runs a long kernel; the main thread's Python loop keeps running during
-    it. Were the GIL held, the loop would stall for the whole call: no progress stamp would fall
-    inside it."""
-    threads(1)  # leave the other core to the main thread
-    rng = np.random.default_rng(0)
-    length = 2048
-    while True:
-        q = rng.standard_normal((1, 2, length, 64)).astype(np.float32)
-        begin = time.perf_counter()
-        _native.causal_attention_f32(q, q, q, 0.125)
-        if time.perf_counter() - begin > 0.2 or length >= 1 << 15:
-            break
-        length *= 2
+def main_thread_progress(call) -> tuple[int, float, float]:
+    """Runs ``call`` in a worker thread while this thread stamps its progress every millisecond;
+    returns the stamps that fell inside the call, the longest gap between them (or the call's
+    ends) and the call's duration."""
     span = {}
 
     def worker():
         span["start"] = time.perf_counter()
-        _native.causal_attention_f32(q, q, q, 0.125)
+        call()
         span["end"] = time.perf_counter()
 
     thread = threading.Thread(target=worker)
@@ -181,10 +171,50 @@ def test_gil_is_released_while_a_kernel_runs(threads):
     thread.join()
     start, end = span["start"], span["end"]
     inside = [t for t in stamps if start < t < end]
-    gaps = np.diff([start, *inside, end])
-    # A held GIL would leave one gap of the whole call; Python's switch interval is 5 ms.
-    assert len(inside) >= 10, (len(inside), end - start)
-    assert gaps.max() < 0.5 * (end - start), (gaps.max(), end - start)
+    return len(inside), float(np.diff([start, *inside, end]).max()), end - start
+
+
+def _long(make, first: int, last: int):
+    """``make(size)`` for the first size from ``first`` (doubling, or +1 for small sizes) whose
+    call takes over 0.2 s, or ``last``."""
+    size = first
+    while True:
+        call = make(size)
+        begin = time.perf_counter()
+        call()
+        if time.perf_counter() - begin > 0.2 or size >= last:
+            return call
+        size = size * 2 if size > 64 else size + 1
+
+
+def _released(inside: int, gap: float, duration: float) -> bool:
+    # A held GIL leaves one gap of the whole call; Python's switch interval is 5 ms.
+    return inside >= 10 and gap < 0.5 * duration
+
+
+def test_gil_is_released_while_a_kernel_runs(threads):
+    """A worker thread runs a long kernel; the main thread's Python loop keeps running during
+    it. Were the GIL held, the loop would stall for the whole call."""
+    threads(1)  # leave the other core to the main thread
+
+    def attention(length):
+        q = np.random.default_rng(0).standard_normal((1, 2, length, 64)).astype(np.float32)
+        return lambda: _native.causal_attention_f32(q, q, q, 0.125)
+
+    progress = main_thread_progress(_long(attention, 2048, 1 << 15))
+    assert _released(*progress), progress
+
+
+def test_gil_probe_sees_a_call_that_holds_the_gil():
+    """The probe above can fail: a regular-expression match (which holds the GIL while it
+    backtracks) stalls the main thread for its whole duration."""
+    import re
+
+    def backtrack(n):
+        return lambda: re.match(r"(a+)+$", "a" * n + "b")
+
+    progress = main_thread_progress(_long(backtrack, 18, 26))
+    assert not _released(*progress), progress
 
 
 # --- thread-count invariance, bitwise, for 1, 2 and 3 threads
