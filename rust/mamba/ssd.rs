@@ -185,10 +185,10 @@ pub fn ssd_scan<T: Real>(
     final_states: &mut [T],
 ) -> Result<(), KernelError> {
     validate(&dims, &inputs, out, final_states)?;
-    if trivial_case(simd::isa(), &dims, &inputs, out, final_states) {
+    let isa = simd::isa();
+    if trivial_case(isa, &dims, &inputs, out, final_states) {
         return Ok(());
     }
-    let isa = simd::isa();
     let plan = ChunkPlan::new(&dims);
     let blocks = head_blocks(&dims);
     let mut states = initial_block_states(&dims, &inputs, &blocks);
@@ -221,10 +221,10 @@ pub fn ssd_scan_sequential<T: Real>(
     final_states: &mut [T],
 ) -> Result<(), KernelError> {
     validate(&dims, &inputs, out, final_states)?;
-    if trivial_case(simd::isa(), &dims, &inputs, out, final_states) {
+    let isa = simd::isa();
+    if trivial_case(isa, &dims, &inputs, out, final_states) {
         return Ok(());
     }
-    let isa = simd::isa();
     // One task per (batch, head), writing its channels of out.
     let per_group = dims.heads / dims.groups;
     let heads: Vec<HeadBlock> = (0..dims.heads)
