@@ -104,9 +104,10 @@ def test_token_by_token_updates_equal_the_full_convolution(rng, dtype, width, st
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_update_with_several_tokens(rng, dtype):
-    x, w, bias, _ = conv_inputs(rng, 3, 5, 4, 3, dtype)
-    conv_state = rng.standard_normal((3, 5, 5)).astype(dtype)
+@pytest.mark.parametrize("dim", [5, 37])
+def test_update_with_several_tokens(rng, dtype, dim, each_simd_path):
+    x, w, bias, _ = conv_inputs(rng, 3, dim, 4, 3, dtype)
+    conv_state = rng.standard_normal((3, dim, 5)).astype(dtype)
     state_ref = f64(conv_state)
     got = mamba.causal_conv1d_update(x, conv_state, w, bias, None)
     want = ref.causal_conv1d_update(f64(x), state_ref, f64(w), f64(bias), None)
