@@ -149,7 +149,9 @@ def test_many_channels_and_thread_count(rng, threads):
     "batch, dim, length, width",
     [(2, 16, 30, 4), (1, 37, 2, 4), (3, 5, 19, 1), (1, 300, 513, 4), (2, 9, 7, 9)],
 )
-def test_channel_last_input_is_read_in_place(rng, dtype, batch, dim, length, width, threads):
+def test_channel_last_input_is_read_in_place(
+    rng, dtype, batch, dim, length, width, threads, each_simd_path
+):
     x, w, bias, h0 = conv_inputs(rng, batch, dim, length, width, dtype)
     time_major = np.ascontiguousarray(x.transpose(0, 2, 1))
     channel_last = time_major.transpose(0, 2, 1)

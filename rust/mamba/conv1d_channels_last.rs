@@ -170,6 +170,7 @@ impl<T: Real> Kernel for StepsJob<'_, '_, T> {
 mod tests {
     use super::*;
     use crate::mamba::conv1d::causal_conv1d;
+    use crate::simd::Isa;
 
     fn channel_major_to_last(x: &[f64], batch: usize, dim: usize, len: usize) -> Vec<f64> {
         let mut out = vec![0.0; x.len()];
@@ -183,54 +184,61 @@ mod tests {
         out
     }
 
-    #[test]
-    fn equals_the_channel_major_kernel() {
-        for &(batch, dim, len, width, silu) in &[
-            (2, 37, 19, 4, true),
-            (1, 5, 1, 4, false),
-            (3, 16, 2, 3, true),
-            (1, 8, 40, 1, false),
-            (1, 300, 700, 4, true),
-        ] {
-            let context = width - 1;
-            let value = |i: usize| ((i * 7919 % 1000) as f64 / 500.0) - 1.0;
-            let x: Vec<f64> = (0..batch * dim * len).map(value).collect();
-            let weight: Vec<f64> = (0..dim * width).map(|i| value(i + 3)).collect();
-            let bias: Vec<f64> = (0..dim).map(|i| value(i + 11)).collect();
-            let h0: Vec<f64> = (0..batch * dim * context).map(|i| value(i + 5)).collect();
-            let dims = ConvDims {
-                batch,
-                dim,
-                len,
-                width,
-                silu,
-            };
-            let major = ConvInputs {
-                x: &x,
-                weight: &weight,
-                bias: Some(&bias),
-                initial_states: Some(&h0),
-            };
-            let mut out = vec![0.0; x.len()];
-            let mut states = vec![0.0; h0.len()];
+    /// Both kernels on `isa`: outputs and states equal bit for bit.
+    fn check_case(isa: Isa, (batch, dim, len, width, silu): (usize, usize, usize, usize, bool)) {
+        let context = width - 1;
+        let value = |i: usize| ((i * 7919 % 1000) as f64 / 500.0) - 1.0;
+        let x: Vec<f64> = (0..batch * dim * len).map(value).collect();
+        let weight: Vec<f64> = (0..dim * width).map(|i| value(i + 3)).collect();
+        let bias: Vec<f64> = (0..dim).map(|i| value(i + 11)).collect();
+        let h0: Vec<f64> = (0..batch * dim * context).map(|i| value(i + 5)).collect();
+        let dims = ConvDims {
+            batch,
+            dim,
+            len,
+            width,
+            silu,
+        };
+        let major = ConvInputs {
+            x: &x,
+            weight: &weight,
+            bias: Some(&bias),
+            initial_states: Some(&h0),
+        };
+        let (mut out, mut states) = (vec![0.0; x.len()], vec![0.0; h0.len()]);
+        let (mut out_last, mut states_last) = (vec![0.0; x.len()], vec![0.0; h0.len()]);
+        let x_last = channel_major_to_last(&x, batch, dim, len);
+        let last = ConvInputs {
+            x: &x_last,
+            ..major
+        };
+        simd::with_isa(isa, || {
             causal_conv1d(dims, major, &mut out, &mut states).unwrap();
-            let x_last = channel_major_to_last(&x, batch, dim, len);
-            let last = ConvInputs {
-                x: &x_last,
-                ..major
-            };
-            let mut out_last = vec![0.0; x.len()];
-            let mut states_last = vec![0.0; h0.len()];
             causal_conv1d_channels_last(dims, last, &mut out_last, &mut states_last).unwrap();
-            let expected = channel_major_to_last(&out, batch, dim, len);
-            for (i, (e, a)) in expected.iter().zip(&out_last).enumerate() {
-                assert_eq!(
-                    e.to_bits(),
-                    a.to_bits(),
-                    "case {dims:?} output {i}: {e} vs {a}"
-                );
+        });
+        let expected = channel_major_to_last(&out, batch, dim, len);
+        for (i, (e, a)) in expected.iter().zip(&out_last).enumerate() {
+            assert_eq!(
+                e.to_bits(),
+                a.to_bits(),
+                "{isa:?} {dims:?} output {i}: {e} vs {a}"
+            );
+        }
+        assert_eq!(states, states_last, "{isa:?} {dims:?}");
+    }
+
+    #[test]
+    fn equals_the_channel_major_kernel_on_every_isa() {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            for case in [
+                (2, 37, 19, 4, true),
+                (1, 5, 1, 4, false),
+                (3, 16, 2, 3, true),
+                (1, 8, 40, 1, false),
+                (1, 300, 700, 4, true),
+            ] {
+                check_case(isa, case);
             }
-            assert_eq!(states, states_last, "case {dims:?}");
         }
     }
 }
