@@ -17,6 +17,7 @@ __all__ = [
     "__version__",
     "attention",
     "build_info",
+    "cpu_features",
     "get_num_threads",
     "mamba",
     "reference",
@@ -45,3 +46,10 @@ def build_info() -> dict[str, Any]:
     (the SIMD path in use; ``SEQKERN_SIMD=scalar`` forces the portable one), ``simd_available``
     (the best this CPU offers), ``threads`` and ``target_arch``."""
     return dict(_native.build_info())
+
+
+def cpu_features() -> list[str]:
+    """The SIMD-related features this CPU reports, by their Rust names (``"avx2"``, ``"fma"``,
+    ``"avx512vnni"``, ...; ``"neon"``, ``"dotprod"`` on aarch64): what the run-time dispatch
+    chose ``build_info()["simd_available"]`` from."""
+    return list(_native.cpu_features())
