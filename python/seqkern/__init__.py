@@ -20,6 +20,7 @@ __all__ = [
     "__version__",
     "attention",
     "build_info",
+    "cpu_features",
     "get_num_threads",
     "mamba",
     "reference",
@@ -76,3 +77,10 @@ def _check_environment() -> None:
 
 
 _check_environment()
+
+
+def cpu_features() -> list[str]:
+    """The SIMD-related features this CPU reports, by their Rust names (``"avx2"``, ``"fma"``,
+    ``"avx512vnni"``, ...; ``"neon"``, ``"dotprod"`` on aarch64): what the run-time dispatch
+    chose ``build_info()["simd_available"]`` from."""
+    return list(_native.cpu_features())

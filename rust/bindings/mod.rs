@@ -35,6 +35,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
     mamba::register(m)?;
     mamba2::register(m)?;
     attention::register(m)?;
@@ -113,6 +114,12 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     info.set_item("threads", parallel::num_threads())?;
     info.set_item("target_arch", std::env::consts::ARCH)?;
     Ok(info)
+}
+
+/// The SIMD-related features the CPU reports (Rust names, e.g. "avx2", "avx512vnni").
+#[pyfunction]
+fn cpu_features() -> Vec<&'static str> {
+    simd::cpu_features()
 }
 
 /// The `N` axis lengths of `shape`, or a `ValueError` naming `name` and the expected `form`

@@ -64,24 +64,54 @@ impl Isa {
     }
 }
 
-/// The best ISA this CPU supports.
+/// The best ISA this CPU supports. A level is chosen only when the CPU has every feature its
+/// entry point is compiled with (`run_avx512`, `run_avx2` below): the compiler may use any of
+/// them anywhere in the kernel, so a missing one would be an illegal instruction.
 pub fn detected_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f")
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("bmi2");
+        if avx2
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512dq")
             && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
         {
             return Isa::Avx512;
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if avx2 {
             return Isa::Avx2;
         }
     }
     Isa::Scalar
+}
+
+/// The SIMD-related features this CPU reports, by their Rust names (`avx2`, `avx512vnni`,
+/// `dotprod`, ...), for bug reports: what the dispatch in [`detected_isa`] and the ternary
+/// kernels saw. Empty on architectures not listed here.
+pub fn cpu_features() -> Vec<&'static str> {
+    /// `(name, detected)` for each literal feature name.
+    macro_rules! detect {
+        ($check:ident: $($name:tt),* $(,)?) => {
+            [$(($name, std::arch::$check!($name))),*]
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    let found = detect!(is_x86_feature_detected:
+        "sse2", "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "f16c", "fma", "bmi1",
+        "bmi2", "avx2", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl",
+        "avx512vnni", "avx512vbmi", "avx512bf16", "avx512fp16",
+    );
+    #[cfg(target_arch = "aarch64")]
+    let found = detect!(is_aarch64_feature_detected: "neon", "fp16", "dotprod", "i8mm", "sve");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let found: [(&str, bool); 0] = [];
+    found
+        .into_iter()
+        .filter_map(|(name, detected)| detected.then_some(name))
+        .collect()
 }
 
 static CHOSEN: AtomicU8 = AtomicU8::new(0);
@@ -269,5 +299,27 @@ mod tests {
         }
         assert_eq!(Isa::from_name(" AVX2 "), Some(Isa::Avx2));
         assert_eq!(Isa::from_name("sse"), None);
+    }
+
+    #[test]
+    fn detected_isa_agrees_with_the_reported_features() {
+        let features = cpu_features();
+        let has = |name: &str| features.contains(&name);
+        let avx2_level = has("avx2") && has("fma") && has("bmi2");
+        let avx512_level = avx2_level
+            && ["avx512f", "avx512bw", "avx512dq", "avx512vl"]
+                .iter()
+                .all(|f| has(f));
+        let expected = if cfg!(target_arch = "x86_64") && avx512_level {
+            Isa::Avx512
+        } else if cfg!(target_arch = "x86_64") && avx2_level {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        };
+        assert_eq!(detected_isa(), expected, "features: {features:?}");
+        if cfg!(target_arch = "x86_64") {
+            assert!(has("sse2"), "sse2 is the x86-64 baseline: {features:?}");
+        }
     }
 }
