@@ -114,17 +114,27 @@ def test_bad_seqkern_simd_warns_and_uses_the_best_path(value):
 
 # --- SEQKERN_NUM_THREADS
 
+# A new thread names itself once it runs, so on a busy machine the last pool thread can still
+# be unnamed right after the pool is built: the count is read until it settles (up to 5 s).
 THREADS = """
-    import json, os, numpy as np, seqkern
+    import json, os, time, numpy as np, seqkern
     from seqkern.mamba import selective_scan
     x = np.ones((1, 64, 4096), np.float32)
     selective_scan(x, x, -np.ones((64, 16), np.float32), x[:, :16], x[:, :16])
-    tasks = os.listdir("/proc/self/task")
-    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]
-    print(json.dumps({
-        "threads": seqkern.get_num_threads(),
-        "pool": sum(name.startswith("seqkern-") for name in names),
-    }))
+
+    def pool_threads():
+        names = []
+        for t in os.listdir("/proc/self/task"):
+            try:
+                names.append(open(f"/proc/self/task/{t}/comm").read().strip())
+            except OSError:
+                pass
+        return sum(name.startswith("seqkern-") for name in names)
+
+    deadline = time.monotonic() + 5
+    while pool_threads() < seqkern.get_num_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(json.dumps({"threads": seqkern.get_num_threads(), "pool": pool_threads()}))
 """
 
 
