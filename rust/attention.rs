@@ -550,28 +550,34 @@ mod tests {
         let v = filled(n_v, 3);
         let scale = 1.0 / (dims.dim_qk.max(1) as f64).sqrt();
         let want = naive(dims, &q, &k, &v, scale);
-        for isa in [Isa::Scalar, simd::detected_isa()] {
-            simd::force_isa(Some(isa));
-            let mut got = vec![f64::NAN; n_v];
-            causal_attention(dims, &q, &k, &v, scale, &mut got).unwrap();
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-12, "{dims:?} {isa:?}: {g} vs {w}");
-            }
-            let q32: Vec<f32> = q.iter().map(|&x| x as f32).collect();
-            let k32: Vec<f32> = k.iter().map(|&x| x as f32).collect();
-            let v32: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            let mut got32 = vec![f32::NAN; n_v];
-            causal_attention(dims, &q32, &k32, &v32, scale as f32, &mut got32).unwrap();
-            // Scores of size ~magnitude^2 carry an absolute f32 error ~ magnitude^2 * 1e-7,
-            // which moves the weights by as much: 1e-4 covers magnitude 3 with room to spare.
-            for (g, w) in got32.iter().zip(&want) {
-                assert!(
-                    (*g as f64 - w).abs() <= 1e-4,
-                    "{dims:?} {isa:?} f32: {g} vs {w}"
-                );
-            }
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            simd::with_isa(isa, || check_on(dims, &q, &k, &v, &want));
         }
-        simd::force_isa(None);
+    }
+
+    /// Checks float64 and float32 results on the ISA `with_isa` chose.
+    fn check_on(dims: AttentionDims, q: &[f64], k: &[f64], v: &[f64], want: &[f64]) {
+        let n_v = want.len();
+        let scale = 1.0 / (dims.dim_qk.max(1) as f64).sqrt();
+        let isa = simd::isa();
+        let mut got = vec![f64::NAN; n_v];
+        causal_attention(dims, q, k, v, scale, &mut got).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-12, "{dims:?} {isa:?}: {g} vs {w}");
+        }
+        let q32: Vec<f32> = q.iter().map(|&x| x as f32).collect();
+        let k32: Vec<f32> = k.iter().map(|&x| x as f32).collect();
+        let v32: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        let mut got32 = vec![f32::NAN; n_v];
+        causal_attention(dims, &q32, &k32, &v32, scale as f32, &mut got32).unwrap();
+        // Scores of size ~magnitude^2 carry an absolute f32 error ~ magnitude^2 * 1e-7,
+        // which moves the weights by as much: 1e-4 covers magnitude 3 with room to spare.
+        for (g, w) in got32.iter().zip(want) {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-4,
+                "{dims:?} {isa:?} f32: {g} vs {w}"
+            );
+        }
     }
 
     #[test]

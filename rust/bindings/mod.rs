@@ -32,7 +32,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(get_simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_in_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
     mamba::register(m)?;
     mamba2::register(m)?;
     attention::register(m)?;
@@ -68,6 +71,31 @@ fn set_simd_path(name: &str) -> PyResult<&'static str> {
     Ok(simd::force_isa(wanted).name())
 }
 
+/// The SIMD path asked for ("scalar", "avx2", "avx512", by `SEQKERN_SIMD` or
+/// `set_simd_path`) or "auto"; passing it to `set_simd_path` restores the choice exactly.
+#[pyfunction]
+fn get_simd_path() -> &'static str {
+    simd::requested_isa().map_or("auto", simd::Isa::name)
+}
+
+/// Panics inside a kernel call (on the pool, with the GIL released) when `confirm` is
+/// "panic", to show that an internal error reaches Python as `RuntimeError`; any other value
+/// does nothing. Not part of the API: the tests call it.
+#[pyfunction]
+fn _panic_in_kernel(py: Python<'_>, confirm: &str) -> PyResult<()> {
+    use rayon::prelude::*;
+    let armed = confirm == "panic";
+    run_detached(py, || {
+        // In one of several parallel tasks, as a kernel bug would.
+        (0..4).into_par_iter().for_each(|task| {
+            if armed && task == 3 {
+                panic!("requested by _panic_in_kernel");
+            }
+        });
+        Ok(())
+    })
+}
+
 /// Version, build profile, SIMD path (chosen and best available) and thread count.
 #[pyfunction]
 fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -86,6 +114,12 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     info.set_item("threads", parallel::num_threads())?;
     info.set_item("target_arch", std::env::consts::ARCH)?;
     Ok(info)
+}
+
+/// The SIMD-related features the CPU reports (Rust names, e.g. "avx2", "avx512vnni").
+#[pyfunction]
+fn cpu_features() -> Vec<&'static str> {
+    simd::cpu_features()
 }
 
 /// The `N` axis lengths of `shape`, or a `ValueError` naming `name` and the expected `form`

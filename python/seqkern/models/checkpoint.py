@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["Checkpoint", "read_config", "resolve_dtype"]
+__all__ = ["Checkpoint", "config_float", "read_config", "resolve_dtype"]
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -46,6 +46,14 @@ def resolve_dtype(dtype: Any) -> np.dtype:
     if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype: expected float32 or float64, got {resolved}")
     return resolved
+
+
+def config_float(value: Any) -> float:
+    """A float from config.json: a number, a string such as "Infinity", or the
+    ``{"__float__": "Infinity"}`` form transformers writes for non-finite values."""
+    if isinstance(value, dict) and "__float__" in value:
+        value = value["__float__"]
+    return float(value)
 
 
 def read_config(folder: Path) -> dict[str, Any]:

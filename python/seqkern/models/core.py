@@ -189,11 +189,23 @@ class CausalLM:
         """The zero-initialised arrays of a new cache for ``batch`` rows."""
         raise NotImplementedError
 
+    def linear_weights(self) -> list[np.ndarray]:
+        """The float matrices W (out, in) every token is multiplied by (``x @ W.T``), the head
+        included: what the benchmarks time alone as the model's matmul floor."""
+        raise NotImplementedError
+
     def _cache_signature(self) -> tuple:
         """What two models must share for one's cache to serve the other."""
         return (self.model_type, self.num_layers, str(self.dtype), type(self).__name__)
 
     # the public interface
+
+    def with_backend(self, backend: str) -> CausalLM:
+        """The same model (weights shared, not copied) running on another kernel backend."""
+        twin = _copy.copy(self)
+        twin.kernels = kernels(backend)
+        twin.backend = backend
+        return twin
 
     def new_cache(self, batch: int = 1) -> Cache:
         """An empty cache for ``batch`` rows (no tokens seen)."""

@@ -75,9 +75,7 @@ class MambaLM(CausalLM):
         self.embedding = weights("backbone.embeddings.weight", vocab, hidden)
         self.layers = [self._load_layer(weights, config, i) for i in range(layers)]
         self.norm_f = weights("backbone.norm_f.weight", hidden)
-        tied = (
-            config.get("tie_word_embeddings", True) and "lm_head.weight" not in weights.checkpoint
-        )
+        tied = bool(config.get("tie_word_embeddings", True))  # as transformers ties it
         self.lm_head = self.embedding if tied else weights("lm_head.weight", vocab, hidden)
         super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
 
@@ -101,6 +99,10 @@ class MambaLM(CausalLM):
             out_proj=w(m + "out_proj.weight", h, di),
             out_bias=w(m + "out_proj.bias", h) if use_bias else None,
         )
+
+    def linear_weights(self) -> list[np.ndarray]:
+        per_layer = [(x.in_proj, x.x_proj, x.dt_proj, x.out_proj) for x in self.layers]
+        return [w for ws in per_layer for w in ws] + [self.lm_head]
 
     def _state_arrays(self, batch: int) -> dict[str, np.ndarray]:
         layers, di = self.num_layers, self.d_inner

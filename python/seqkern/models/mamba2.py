@@ -10,9 +10,9 @@ Each layer: h = x + out_proj(mixer(rms_norm(x))), with the mixer::
     out = out_proj(y)
 
 The gated norm takes its variance per group of d_inner / n_groups channels, as mamba_ssm's
-RMSNormGated (group_size = d_inner / ngroups) with which the checkpoints were trained;
-transformers' CPU path takes it over all d_inner channels, which differs only when
-n_groups > 1. A prompt runs on causal_conv1d + ssd_scan, a single token on
+RMSNormGated and transformers' Mamba2RMSNormGated do (group_size = d_inner / n_groups).
+A prompt runs time-major (batch, T, channels) on causal_conv1d (channel-last) + ssd_scan, a
+single token on
 causal_conv1d_update + selective_state_update. The cache holds, per layer, the conv state over
 the xBC channels (B, d_inner + 2 G N, k - 1) and the ssm state (B, H, head_dim, N).
 """
@@ -25,13 +25,16 @@ from typing import Optional
 
 import numpy as np
 
-from .core import Cache, CausalLM, Weights, rms_norm, silu, softplus
+from .checkpoint import config_float
+from .core import Cache, CausalLM, Weights, rms_norm, softplus
 
 
 @dataclass
 class _Layer:
     norm: np.ndarray
-    in_z: np.ndarray  # (d_inner, hidden): row blocks of in_proj
+    in_proj: np.ndarray  # (d_inner + conv_dim + H, hidden)
+    in_bias: Optional[np.ndarray]
+    in_z: np.ndarray  # (d_inner, hidden): row blocks of in_proj (views)
     in_xbc: np.ndarray  # (conv_dim, hidden)
     in_dt: np.ndarray  # (H, hidden)
     bias_z: Optional[np.ndarray]
@@ -81,15 +84,13 @@ class Mamba2LM(CausalLM):
         self.eps = float(config.get("layer_norm_epsilon", 1e-5))
         self.chunk_size = int(config.get("chunk_size", 256))
         low, high = config.get("time_step_limit", (0.0, math.inf)) or (0.0, math.inf)
-        self.dt_limit = (float(low), float(high))
+        self.dt_limit = (config_float(low), config_float(high))
         vocab = int(config["vocab_size"])
         layers = int(config["num_hidden_layers"])
         self.embedding = weights("backbone.embeddings.weight", vocab, hidden)
         self.layers = [self._load_layer(weights, config, i) for i in range(layers)]
         self.norm_f = weights("backbone.norm_f.weight", hidden)
-        tied = (
-            config.get("tie_word_embeddings", True) and "lm_head.weight" not in weights.checkpoint
-        )
+        tied = bool(config.get("tie_word_embeddings", True))  # as transformers ties it
         self.lm_head = self.embedding if tied else weights("lm_head.weight", vocab, hidden)
         super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
 
@@ -107,12 +108,15 @@ class Mamba2LM(CausalLM):
             )
         use_bias = bool(config.get("use_bias", False))
         sizes = [di, cd, heads]
-        in_z, in_xbc, in_dt = _split_rows(w(m + "in_proj.weight", width, h), sizes)
+        in_proj = w(m + "in_proj.weight", width, h)
+        in_z, in_xbc, in_dt = _split_rows(in_proj, sizes)
         in_bias = w(m + "in_proj.bias", width) if use_bias else None
         bias_z, bias_xbc, bias_dt = _split_rows(in_bias, sizes)
         use_conv_bias = bool(config.get("use_conv_bias", True))
         return _Layer(
             norm=w(p + "norm.weight", h),
+            in_proj=in_proj,
+            in_bias=in_bias,
             in_z=in_z,
             in_xbc=in_xbc,
             in_dt=in_dt,
@@ -128,6 +132,10 @@ class Mamba2LM(CausalLM):
             out_proj=w(m + "out_proj.weight", h, di),
             out_bias=w(m + "out_proj.bias", h) if use_bias else None,
         )
+
+    def linear_weights(self) -> list[np.ndarray]:
+        per_layer = [(x.in_proj, x.out_proj) for x in self.layers]
+        return [w for ws in per_layer for w in ws] + [self.lm_head]
 
     def _state_arrays(self, batch: int) -> dict[str, np.ndarray]:
         layers = self.num_layers
@@ -151,11 +159,12 @@ class Mamba2LM(CausalLM):
         x = rms_norm(x, self.norm_f, self.eps)
         return x @ self.lm_head.T
 
-    def _gated_norm(self, y: np.ndarray, z: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        """rms_norm(y * silu(z)) per group of d_inner / n_groups channels, times weight."""
-        gated = (y * silu(z)).reshape(*y.shape[:-1], self.groups, -1)
-        inv = 1.0 / np.sqrt(np.mean(np.square(gated), axis=-1, keepdims=True) + self.eps)
-        return (gated * inv.astype(y.dtype, copy=False)).reshape(y.shape) * weight
+    def _group_norm(self, gated: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """rms_norm of the gated output y * silu(z) per group of d_inner / n_groups channels,
+        times weight (the kernels apply the gate)."""
+        grouped = gated.reshape(*gated.shape[:-1], self.groups, -1)
+        inv = 1.0 / np.sqrt(np.mean(np.square(grouped), axis=-1, keepdims=True) + self.eps)
+        return (grouped * inv.astype(gated.dtype, copy=False)).reshape(gated.shape) * weight
 
     def _split_xbc(self, xbc: np.ndarray):
         """(x heads, B groups, C groups) views of the conv output (..., conv_dim)."""
@@ -169,21 +178,26 @@ class Mamba2LM(CausalLM):
     def _mix_prompt(self, layer: _Layer, h: np.ndarray, conv: np.ndarray, ssm: np.ndarray):
         """The mixer over T tokens (B, T, hidden), continuing from and updating the states."""
         k = self.kernels
-        xbc_cm = np.matmul(layer.in_xbc, h.transpose(0, 2, 1))  # (B, conv_dim, T)
+        xbc = h @ layer.in_xbc.T  # (B, T, conv_dim): time-major, as the SSD scan reads it
         if layer.bias_xbc is not None:
-            xbc_cm += layer.bias_xbc[:, None]
-        xbc_cm, conv[...] = k.causal_conv1d(
-            xbc_cm,
+            xbc += layer.bias_xbc
+        # The conv reads the channel-last view in place and writes the same layout.
+        xbc_cl, conv[...] = k.causal_conv1d(
+            xbc.transpose(0, 2, 1),
             layer.conv_weight,
             layer.conv_bias,
             "silu",
             initial_states=conv,
             return_final_states=True,
         )
-        x, b, c = self._split_xbc(np.ascontiguousarray(xbc_cm.transpose(0, 2, 1)))
+        x, b, c = self._split_xbc(xbc_cl.transpose(0, 2, 1))
         dt = h @ layer.in_dt.T
         if layer.bias_dt is not None:
             dt += layer.bias_dt
+        z = h @ layer.in_z.T
+        if layer.bias_z is not None:
+            z += layer.bias_z
+        # The kernel applies the gate: y = (ssd + D x) * silu(z).
         y, ssm[...] = k.ssd_scan(
             x,
             dt,
@@ -192,28 +206,24 @@ class Mamba2LM(CausalLM):
             c,
             self.chunk_size,
             D=layer.D,
+            z=z.reshape(x.shape),
             dt_bias=layer.dt_bias,
             initial_states=ssm,
             dt_softplus=True,
             dt_limit=self.dt_limit,
             return_final_states=True,
         )
-        z = h @ layer.in_z.T
-        if layer.bias_z is not None:
-            z += layer.bias_z
-        y = self._gated_norm(y.reshape(z.shape), z, layer.gate_norm)
+        y = self._group_norm(y.reshape(z.shape), layer.gate_norm)
         out = y @ layer.out_proj.T
         return out if layer.out_bias is None else out + layer.out_bias
 
     def _mix_token(self, layer: _Layer, h: np.ndarray, conv: np.ndarray, ssm: np.ndarray):
         """The mixer for one token (B, hidden), updating the states in place."""
         k = self.kernels
-        parts = [h @ w.T for w in (layer.in_z, layer.in_xbc, layer.in_dt)]
-        if layer.bias_z is not None:
-            parts = [
-                p + bias for p, bias in zip(parts, (layer.bias_z, layer.bias_xbc, layer.bias_dt))
-            ]
-        z, xbc, dt = parts
+        zxbcdt = h @ layer.in_proj.T
+        if layer.in_bias is not None:
+            zxbcdt += layer.in_bias
+        z, xbc, dt = np.split(zxbcdt, [self.d_inner, self.d_inner + self.conv_dim], axis=-1)
         xbc = k.causal_conv1d_update(xbc, conv, layer.conv_weight, layer.conv_bias, "silu")
         x, b, c = self._split_xbc(xbc)
         if self.dt_limit == (0.0, math.inf):
@@ -222,9 +232,9 @@ class Mamba2LM(CausalLM):
             dt = np.clip(softplus(dt + layer.dt_bias), *self.dt_limit).astype(self.dtype)
             dt_bias, dt_softplus = None, False
         y = k.selective_state_update(
-            ssm, x, dt, layer.A, b, c, layer.D, dt_bias=dt_bias, dt_softplus=dt_softplus
+            ssm, x, dt, layer.A, b, c, layer.D, z.reshape(x.shape), dt_bias, dt_softplus
         )
-        y = self._gated_norm(y.reshape(z.shape), z, layer.gate_norm)
+        y = self._group_norm(y.reshape(z.shape), layer.gate_norm)
         out = y @ layer.out_proj.T
         return out if layer.out_bias is None else out + layer.out_bias
 
