@@ -297,3 +297,17 @@ def test_padded_batch_in_pieces_equals_one_pass(folder):
     docs = [np.array(d["input_ids"]) for d in corpus(12, seed=9)[2:6]]  # lengths 2, 3, 70, ...
     sums = _score_batch(model, docs, max_tokens=9)  # 4 rows: pieces of 2 tokens
     np.testing.assert_allclose(sums, [by_hand(model, d.tolist()) for d in docs], rtol=1e-10)
+
+
+def test_missing_extras_are_named(folder, tmp_path, monkeypatch):
+    import sys
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "input_ids": [1, 2]}])
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'seqkern\[ray\]'"):
+        run(folder, source, tmp_path / "out.parquet", engine="ray")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match=r"pip install 'seqkern\[score\]'"):
+        run(folder, source, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
