@@ -41,7 +41,7 @@ DOC_TOKENS = 512
 # (label, score() options): the local engine on both cores; Ray with two 1-CPU actors (the
 # default on a 2-CPU cluster) and with one 2-thread actor. Two documents per forward call (one
 # 1024-token call; Ray hands each actor 4 x 2 documents at a time); "local b8" is the default
-# batch of 8 (pieces of 128 tokens) for comparison.
+# --batch-size 8, which --max-tokens 1024 also limits to two 512-token documents a call.
 ENGINES = [
     ("local", {"engine": "local", "batch_size": 2}),
     ("ray 2x1", {"engine": "ray", "actors": 2, "threads": 1, "batch_size": 2}),

@@ -27,7 +27,12 @@ def _parser() -> argparse.ArgumentParser:
         help="local: this process, resumable, input order (default); ray: a Ray cluster",
     )
     parser.add_argument("--address", help="Ray cluster to join (default: start a local one)")
-    parser.add_argument("--batch-size", type=int, default=8, help="documents per forward (8)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="documents per forward call at most, as many as fit whole in --max-tokens (8)",
+    )
     parser.add_argument(
         "--max-tokens",
         type=int,
