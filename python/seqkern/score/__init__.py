@@ -77,10 +77,10 @@ def score(
     zero-argument callable that builds the model (with ``tokenizer`` the path of a
     tokenizer.json for text documents). The local engine also takes a loaded model.
 
-    ``batch_size``: documents per forward call (sorted by length within a window, right-padded:
-    exact for a causal model). ``max_tokens``: tokens per forward call (rows x piece length);
-    longer documents run in pieces through the model's cache. Memory for the logits is about
-    ``max_tokens x vocab x 4`` bytes.
+    ``max_tokens``: tokens per forward call (rows x padded length); a forward call takes as
+    many documents as fit whole (sorted by length within a window, right-padded: exact for a
+    causal model), at most ``batch_size``; a longer document runs alone in pieces through the
+    model's cache. Memory for the logits is about ``max_tokens x vocab x 4`` bytes.
 
     ``engine``: "local" (this process; resumable; keeps the input order) or "ray" (``address``
     joins a running cluster, else a local one is started; ``actors`` model replicas of
