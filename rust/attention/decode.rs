@@ -23,7 +23,7 @@
 //! The split boundaries depend on Lk only, so the result depends neither on the number of
 //! threads nor on the batch size.
 
-use super::{Inputs, KEY_BLOCK};
+use super::{micro_gemm, Inputs, Strided, KEY_BLOCK};
 use crate::parallel;
 use crate::simd::{self, Arch, Kernel, Real};
 
@@ -55,7 +55,7 @@ pub(super) fn attend<T: Real>(inputs: Inputs<'_, T>, out: &mut [T]) {
     parallel::for_each_init(
         items,
         work,
-        || Scratch::new(rows, dims.dim_qk),
+        || Scratch::new(rows, dims.dim_qk, dims.dim_v),
         |scratch, (task, (o, ml))| {
             let (pair, split) = (task / splits, task % splits);
             let first_key = split * SPLIT_KEYS;
@@ -75,21 +75,32 @@ pub(super) fn attend<T: Real>(inputs: Inputs<'_, T>, out: &mut [T]) {
     merge(inputs, splits, &partial_o, &partial_ml, out);
 }
 
-/// Per-task buffers, reused by the tasks a worker runs in turn.
+/// Query rows processed together: every loaded key or value vector serves this many rows.
+const ROWS: usize = 4;
+/// Value columns per call of the micro-kernel.
+const COLUMNS: usize = 16;
+
+/// Per-task buffers, reused by the tasks a worker runs in turn. Rows are padded to a
+/// multiple of [`ROWS`] (padding rows have zero queries and are never stored).
 struct Scratch<T> {
     /// `(rows, dim_qk)`: the task's queries times the scale.
     q: Vec<T>,
-    /// `(rows, KEY_BLOCK)`: scores, then probabilities, of one block of keys.
+    /// `(rows, KEY_BLOCK)`: scores, then probabilities (0 past a row's last key), of one
+    /// block of keys.
     s: Vec<T>,
+    /// `(rows, dim_v)`: the unnormalised outputs.
+    o: Vec<T>,
     /// `(rows,)`: keys of the block each row sees.
     visible: Vec<usize>,
 }
 
 impl<T: Real> Scratch<T> {
-    fn new(rows: usize, dim_qk: usize) -> Self {
+    fn new(rows: usize, dim_qk: usize, dim_v: usize) -> Self {
+        let rows = rows.div_ceil(ROWS) * ROWS;
         Scratch {
             q: vec![T::ZERO; rows * dim_qk],
             s: vec![T::ZERO; rows * KEY_BLOCK],
+            o: vec![T::ZERO; rows * dim_v],
             visible: vec![0; rows],
         }
     }
@@ -129,46 +140,98 @@ impl<T: Real> SplitJob<'_, '_, '_, T> {
     #[inline(always)]
     fn attend<A: Arch>(mut self) {
         let dims = self.inputs.dims;
-        let (d, dv, rows) = (dims.dim_qk, dims.dim_v, self.ml.len());
+        let (dv, rows) = (dims.dim_v, self.ml.len());
         self.load_queries();
-        self.o.fill(T::ZERO);
+        self.scratch.o.fill(T::ZERO);
         self.ml.fill((T::NEG_INFINITY, T::ZERO));
-        let k = self.inputs.k.rows_from(self.b, self.kv_head, 0);
-        let v = self.inputs.v.rows_from(self.b, self.kv_head, 0);
-        let (ks, vs) = (self.inputs.k.row_stride, self.inputs.v.row_stride);
         for first in (self.first_key..self.end_key).step_by(KEY_BLOCK) {
             let n = KEY_BLOCK.min(self.end_key - first);
             for r in 0..rows {
                 self.scratch.visible[r] = (self.position(r) + 1).saturating_sub(first).min(n);
             }
-            let Scratch { q, s, visible } = &mut *self.scratch;
-            // S[r][j] = (scale q_r) . k_j, key by key so that each key row is loaded once.
-            for j in 0..n {
-                let key = &k[(first + j) * ks..][..d];
-                for r in (0..rows).filter(|&r| j < visible[r]) {
-                    s[r * KEY_BLOCK + j] = dot::<T, A>(&q[r * d..(r + 1) * d], key);
-                }
-            }
+            self.scores::<A>(first, n);
             for r in 0..rows {
-                let seen = visible[r];
+                let seen = self.scratch.visible[r];
+                let p = &mut self.scratch.s[r * KEY_BLOCK..(r + 1) * KEY_BLOCK];
+                p[seen..].fill(T::ZERO);
                 if seen > 0 {
-                    let p = &mut s[r * KEY_BLOCK..r * KEY_BLOCK + seen];
-                    let o = &mut self.o[r * dv..(r + 1) * dv];
-                    self.ml[r] = softmax_update::<T, A>(self.ml[r], p, o);
+                    let o = &mut self.scratch.o[r * dv..(r + 1) * dv];
+                    self.ml[r] = softmax_update::<T, A>(self.ml[r], &mut p[..seen], o);
                 }
             }
-            // o_r += sum_j P[r][j] v_j, value by value.
+            self.accumulate::<A>(first, n);
+        }
+        self.o.copy_from_slice(&self.scratch.o[..rows * dv]);
+    }
+
+    /// S[r][j] = (scale q_r) . k_j for the keys `first..first + n`, [`ROWS`] rows at a time, so
+    /// that each loaded piece of a key serves all of them.
+    #[inline(always)]
+    fn scores<A: Arch>(&mut self, first: usize, n: usize) {
+        let d = self.inputs.dims.dim_qk;
+        let k = self.inputs.k.rows_from(self.b, self.kv_head, first);
+        let stride = self.inputs.k.row_stride;
+        let Scratch { q, s, .. } = &mut *self.scratch;
+        if d == 0 {
+            // Empty query and key vectors: every score is 0.
+            s.fill(T::ZERO);
+            return;
+        }
+        for (q, s) in q
+            .chunks_exact(ROWS * d)
+            .zip(s.chunks_exact_mut(ROWS * KEY_BLOCK))
+        {
             for j in 0..n {
-                let value = &v[(first + j) * vs..][..dv];
-                for r in (0..rows).filter(|&r| j < visible[r]) {
-                    let p = s[r * KEY_BLOCK + j];
-                    axpy::<T, A>(&mut self.o[r * dv..(r + 1) * dv], p, value);
+                let dots = dot_rows::<T, A>(q, &k[j * stride..][..d]);
+                for (r, &x) in dots.iter().enumerate() {
+                    s[r * KEY_BLOCK + j] = x;
                 }
             }
         }
     }
 
-    /// Copies the task's queries, times the scale, to `scratch.q`.
+    /// o_r += sum_j P[r][j] v_j over the keys `first..first + n`: [`ROWS`] rows by
+    /// [`COLUMNS`] value columns in registers while the keys stream past.
+    #[inline(always)]
+    fn accumulate<A: Arch>(&mut self, first: usize, n: usize) {
+        let dv = self.inputs.dims.dim_v;
+        let v = self.inputs.v.rows_from(self.b, self.kv_head, first);
+        let stride = self.inputs.v.row_stride;
+        let body = dv - dv % COLUMNS;
+        let Scratch { s, o, .. } = &mut *self.scratch;
+        for (p, o) in s
+            .chunks_exact(ROWS * KEY_BLOCK)
+            .zip(o.chunks_exact_mut((ROWS * dv).max(1)))
+        {
+            let a = Strided {
+                data: p,
+                row_stride: KEY_BLOCK,
+                k_stride: 1,
+            };
+            for c0 in (0..body).step_by(COLUMNS) {
+                let mut acc = [[T::ZERO; COLUMNS]; ROWS];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    acc.copy_from_slice(&o[r * dv + c0..r * dv + c0 + COLUMNS]);
+                }
+                micro_gemm::<T, A, ROWS, COLUMNS>(&mut acc, a, &v[c0..], stride, n);
+                for (r, acc) in acc.iter().enumerate() {
+                    o[r * dv + c0..r * dv + c0 + COLUMNS].copy_from_slice(acc);
+                }
+            }
+            for j in 0..n {
+                let value = &v[j * stride + body..j * stride + dv];
+                for r in 0..ROWS {
+                    axpy::<T, A>(
+                        &mut o[r * dv + body..(r + 1) * dv],
+                        p[r * KEY_BLOCK + j],
+                        value,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Copies the task's queries, times the scale, to `scratch.q` (padding rows stay 0).
     #[inline(always)]
     fn load_queries(&mut self) {
         let dims = self.inputs.dims;
@@ -208,8 +271,16 @@ fn softmax_update<T: Real, A: Arch>((m, l): (T, T), p: &mut [T], o: &mut [T]) ->
     (new_max, alpha * l + total)
 }
 
-/// `sum_x a_x b_x` over [`LANES`] independent accumulators (then summed pairwise), so that it
-/// vectorises.
+/// `q_r . key` for the [`ROWS`] rows of `q` (`(ROWS, D)`), one row after the other (the key
+/// stays in L1 between them).
+#[inline(always)]
+fn dot_rows<T: Real, A: Arch>(q: &[T], key: &[T]) -> [T; ROWS] {
+    let d = key.len();
+    std::array::from_fn(|r| dot::<T, A>(&q[r * d..(r + 1) * d], key))
+}
+
+/// `sum_x a_x b_x` over [`LANES`] independent accumulators (summed pairwise at the end), so
+/// that it vectorises.
 #[inline(always)]
 fn dot<T: Real, A: Arch>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
@@ -223,9 +294,17 @@ fn dot<T: Real, A: Arch>(a: &[T], b: &[T]) -> T {
             acc[l] = T::fma::<A>(x[l], y[l], acc[l]);
         }
     }
-    for (l, (&x, &y)) in a[body..n].iter().zip(&b[body..n]).enumerate() {
-        acc[l] = T::fma::<A>(x, y, acc[l]);
+    let mut tail = T::ZERO;
+    for (&x, &y) in a[body..n].iter().zip(&b[body..n]) {
+        tail = T::fma::<A>(x, y, tail);
     }
+    pairwise_sum(&acc) + tail
+}
+
+/// The sum of the lanes of `acc`, halving the width at each step.
+#[inline(always)]
+fn pairwise_sum<T: Real>(acc: &[T; LANES]) -> T {
+    let mut acc = *acc;
     let mut width = LANES;
     while width > 1 {
         width /= 2;
