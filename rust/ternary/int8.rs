@@ -93,7 +93,7 @@ fn quantize_row<T: QuantFloat>(
         let (col, x) = w
             .iter()
             .enumerate()
-            .find(|(_, x)| !(x.abs() <= T::MAX))
+            .find(|(_, x)| x.abs().partial_cmp(&T::MAX).is_none_or(|o| o.is_gt()))
             .expect("a non-finite value");
         return Err(KernelError::value(
             "W",
