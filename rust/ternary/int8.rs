@@ -9,8 +9,8 @@
 //!
 //! Quantization runs in f64 (so the float32 and float64 paths give the same codes). The
 //! matmul keeps the activations in float: each block of codes is converted to x's type on
-//! the fly and multiplied in [`LANES`] independent FMA chains (summed pairwise at the end),
-//! so the only error besides float rounding is the weights' own (at most s[n] / 2 each).
+//! the fly and multiplied in independent FMA chains (summed pairwise at the end; explicit
+//! AVX-512 and AVX2 loops for f32, plain vectorisable Rust otherwise), so the only error besides float rounding is the weights' own (at most s[n] / 2 each).
 //! At batch 1 the kernel reads each code once and is bound by memory bandwidth; for several
 //! rows of x, the weight rows of a chunk stay in cache while the rows of x pass over them.
 //! Each output is one dot product with a fixed order, so the result depends neither on the
@@ -22,8 +22,12 @@ use crate::error::{check_len, checked_product, KernelError};
 use crate::simd::{self, Arch, Kernel, Real};
 use rayon::prelude::*;
 
-/// Independent accumulators of a dot product: four 512-bit vectors of f32.
-const LANES: usize = 64;
+/// Lanes of one accumulator chain: a 512-bit vector of f32.
+const WIDTH: usize = 16;
+/// Independent accumulator chains of a dot product (hides the FMA latency).
+const CHAINS: usize = 4;
+/// Elements per step of a dot product.
+const LANES: usize = WIDTH * CHAINS;
 
 /// 1.5 * 2^52: `x + ROUNDING` is `round_half_even(x) + ROUNDING` for |x| < 2^51, and its
 /// bits exceed those of `ROUNDING` by that integer.
@@ -36,6 +40,8 @@ const CHUNK_BYTES: usize = 1 << 16;
 pub trait Int8Float: Real {
     /// `c` as a float (exact).
     fn from_code(c: i8) -> Self;
+    /// `sum_k x[k] c[k]` compiled for `A`.
+    fn dot<A: Arch>(x: &[Self], codes: &[i8]) -> Self;
 }
 
 impl Int8Float for f32 {
@@ -43,12 +49,32 @@ impl Int8Float for f32 {
     fn from_code(c: i8) -> f32 {
         f32::from(c)
     }
+
+    #[inline(always)]
+    fn dot<A: Arch>(x: &[f32], codes: &[i8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `A` says which features the surrounding dispatch enabled (and checked).
+            if A::AVX512 {
+                return unsafe { dot_avx512(x, codes) };
+            }
+            if A::FMA {
+                return unsafe { dot_avx2(x, codes) };
+            }
+        }
+        dot_portable::<f32, A>(x, codes)
+    }
 }
 
 impl Int8Float for f64 {
     #[inline(always)]
     fn from_code(c: i8) -> f64 {
         f64::from(c)
+    }
+
+    #[inline(always)]
+    fn dot<A: Arch>(x: &[f64], codes: &[i8]) -> f64 {
+        dot_portable::<f64, A>(x, codes)
     }
 }
 
@@ -212,17 +238,25 @@ impl<T: Int8Float> Kernel for ChunkJob<'_, '_, T> {
     }
 }
 
-/// `sum_k x[k] c[k]` in [`LANES`] independent chains, then pairwise.
+/// `sum_k x[k] c[k]`: the explicit AVX-512 or AVX2 loop for f32 when `A` allows it, else
+/// [`dot_portable`].
 #[inline(always)]
 fn dot<T: Int8Float, A: Arch>(x: &[T], codes: &[i8]) -> T {
+    T::dot::<A>(x, codes)
+}
+
+/// `sum_k x[k] c[k]` in [`LANES`] independent accumulators, then pairwise: plain Rust that
+/// vectorises for the target's baseline.
+#[inline(always)]
+fn dot_portable<T: Int8Float, A: Arch>(x: &[T], codes: &[i8]) -> T {
     let k = x.len().min(codes.len());
-    let body = k - k % LANES;
-    let mut acc = [T::ZERO; LANES];
+    let body = k - k % WIDTH;
+    let mut acc = [T::ZERO; WIDTH];
     for (x, c) in x[..body]
-        .chunks_exact(LANES)
-        .zip(codes[..body].chunks_exact(LANES))
+        .chunks_exact(WIDTH)
+        .zip(codes[..body].chunks_exact(WIDTH))
     {
-        for l in 0..LANES {
+        for l in 0..WIDTH {
             acc[l] = T::fma::<A>(x[l], T::from_code(c[l]), acc[l]);
         }
     }
@@ -230,7 +264,7 @@ fn dot<T: Int8Float, A: Arch>(x: &[T], codes: &[i8]) -> T {
     for (&x, &c) in x[body..k].iter().zip(&codes[body..k]) {
         tail = T::fma::<A>(x, T::from_code(c), tail);
     }
-    let mut width = LANES;
+    let mut width = WIDTH;
     while width > 1 {
         width /= 2;
         for l in 0..width {
@@ -238,6 +272,67 @@ fn dot<T: Int8Float, A: Arch>(x: &[T], codes: &[i8]) -> T {
         }
     }
     acc[0] + tail
+}
+
+/// The AVX-512 f32 dot: 16 codes sign-extended to i32 and converted per vector, [`CHAINS`]
+/// independent FMA chains.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(x: &[f32], codes: &[i8]) -> f32 {
+    use std::arch::x86_64::*;
+    let k = x.len().min(codes.len());
+    let body = k - k % LANES;
+    let mut acc = [_mm512_setzero_ps(); CHAINS];
+    let (xp, cp) = (x.as_ptr(), codes.as_ptr());
+    for k0 in (0..body).step_by(LANES) {
+        for (chain, acc) in acc.iter_mut().enumerate() {
+            let at = k0 + chain * 16;
+            let c = _mm512_cvtepi8_epi32(_mm_loadu_si128(cp.add(at) as *const __m128i));
+            let xv = _mm512_loadu_ps(xp.add(at));
+            *acc = _mm512_fmadd_ps(xv, _mm512_cvtepi32_ps(c), *acc);
+        }
+    }
+    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    let mut total = _mm512_reduce_add_ps(sum);
+    for (&x, &c) in x[body..k].iter().zip(&codes[body..k]) {
+        total = x.mul_add(f32::from(c), total);
+    }
+    total
+}
+
+/// The AVX2 f32 dot: 8 codes per vector, [`CHAINS`] independent FMA chains.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(x: &[f32], codes: &[i8]) -> f32 {
+    use std::arch::x86_64::*;
+    const STEP: usize = 8 * CHAINS;
+    let k = x.len().min(codes.len());
+    let body = k - k % STEP;
+    let mut acc = [_mm256_setzero_ps(); CHAINS];
+    let (xp, cp) = (x.as_ptr(), codes.as_ptr());
+    for k0 in (0..body).step_by(STEP) {
+        for (chain, acc) in acc.iter_mut().enumerate() {
+            let at = k0 + chain * 8;
+            let c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(cp.add(at) as *const __m128i));
+            let xv = _mm256_loadu_ps(xp.add(at));
+            *acc = _mm256_fmadd_ps(xv, _mm256_cvtepi32_ps(c), *acc);
+        }
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+    let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    let one = _mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair));
+    let mut total = _mm_cvtss_f32(one);
+    for (&x, &c) in x[body..k].iter().zip(&codes[body..k]) {
+        total = x.mul_add(f32::from(c), total);
+    }
+    total
 }
 
 #[cfg(test)]
