@@ -756,34 +756,39 @@ mod tests {
         let q: Vec<f64> = filled(n_q, 1).iter().map(|x| x * magnitude).collect();
         let k: Vec<f64> = filled(n_k, 2).iter().map(|x| x * magnitude).collect();
         let v = filled(n_v, 3);
+        let want = naive(dims, &q, &k, &v, 1.0 / (dims.dim_qk.max(1) as f64).sqrt());
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            simd::with_isa(isa, || check_on(dims, &q, &k, &v, &want));
+        }
+    }
+
+    /// Checks float64 and float32 results, reading k and v from a cache of exactly Lk
+    /// positions and from one with spare ones, on the ISA `with_isa` chose.
+    fn check_on(dims: AttentionDims, q: &[f64], k: &[f64], v: &[f64], want: &[f64]) {
         let scale = 1.0 / (dims.dim_qk.max(1) as f64).sqrt();
-        let want = naive(dims, &q, &k, &v, scale);
-        for isa in [Isa::Scalar, simd::detected_isa()] {
-            simd::force_isa(Some(isa));
-            for max_len in [dims.len_k, dims.len_k + 3] {
-                let got = run(dims, &q, &k, &v, scale, max_len);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-12, "{dims:?} {isa:?}: {g} vs {w}");
-                }
-                let got32 = run(
-                    dims,
-                    &to_f32(&q),
-                    &to_f32(&k),
-                    &to_f32(&v),
-                    scale as f32,
-                    max_len,
+        let isa = simd::isa();
+        for max_len in [dims.len_k, dims.len_k + 3] {
+            let got = run(dims, q, k, v, scale, max_len);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 1e-12, "{dims:?} {isa:?}: {g} vs {w}");
+            }
+            let got32 = run(
+                dims,
+                &to_f32(q),
+                &to_f32(k),
+                &to_f32(v),
+                scale as f32,
+                max_len,
+            );
+            // Scores of size ~magnitude^2 carry an absolute f32 error ~ magnitude^2 * 1e-7,
+            // which moves the weights by as much: 1e-4 covers magnitude 3 with room to spare.
+            for (g, w) in got32.iter().zip(want) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-4,
+                    "{dims:?} {isa:?} f32: {g} vs {w}"
                 );
-                // Scores of size ~magnitude^2 carry an absolute f32 error ~ magnitude^2 * 1e-7,
-                // which moves the weights by as much: 1e-4 covers magnitude 3 with room to spare.
-                for (g, w) in got32.iter().zip(&want) {
-                    assert!(
-                        (*g as f64 - w).abs() <= 1e-4,
-                        "{dims:?} {isa:?} f32: {g} vs {w}"
-                    );
-                }
             }
         }
-        simd::force_isa(None);
     }
 
     #[test]

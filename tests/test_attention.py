@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import SIMD_PATHS, assert_close
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -138,11 +138,12 @@ def test_scalar_and_simd_paths_agree(rng, simd_path):
     q, k, v = qkv(rng, 1, 4, 300, 64)
     simd_path("scalar")
     scalar = causal_attention(q, k, v)
-    simd_path("auto")
-    fast = causal_attention(q, k, v)
-    # Both are within float32 rounding of the exact result, so within twice that of each
-    # other; they differ (FMA and tile shapes), so they are not compared bitwise.
-    assert_close(fast, scalar.astype(np.float64), np.float32)
+    for path in SIMD_PATHS[1:]:
+        simd_path(path)
+        fast = causal_attention(q, k, v)
+        # Both are within float32 rounding of the exact result, so within twice that of each
+        # other; they differ (FMA and tile shapes), so they are not compared bitwise.
+        assert_close(fast, scalar.astype(np.float64), np.float32)
 
 
 def test_non_contiguous_inputs(rng):

@@ -104,9 +104,10 @@ def test_token_by_token_updates_equal_the_full_convolution(rng, dtype, width, st
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_update_with_several_tokens(rng, dtype):
-    x, w, bias, _ = conv_inputs(rng, 3, 5, 4, 3, dtype)
-    conv_state = rng.standard_normal((3, 5, 5)).astype(dtype)
+@pytest.mark.parametrize("dim", [5, 37])
+def test_update_with_several_tokens(rng, dtype, dim, each_simd_path):
+    x, w, bias, _ = conv_inputs(rng, 3, dim, 4, 3, dtype)
+    conv_state = rng.standard_normal((3, dim, 5)).astype(dtype)
     state_ref = f64(conv_state)
     got = mamba.causal_conv1d_update(x, conv_state, w, bias, None)
     want = ref.causal_conv1d_update(f64(x), state_ref, f64(w), f64(bias), None)
@@ -143,13 +144,36 @@ def test_many_channels_and_thread_count(rng, threads):
     assert_close(results[0][0], want, np.float32)
 
 
-def test_channel_last_input_is_accepted(rng):
-    x, w, bias, _ = conv_inputs(rng, 2, 16, 30, 4)
-    channel_last = np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "batch, dim, length, width",
+    [(2, 16, 30, 4), (1, 37, 2, 4), (3, 5, 19, 1), (1, 300, 513, 4), (2, 9, 7, 9)],
+)
+def test_channel_last_input_is_read_in_place(rng, dtype, batch, dim, length, width, threads):
+    x, w, bias, h0 = conv_inputs(rng, batch, dim, length, width, dtype)
+    time_major = np.ascontiguousarray(x.transpose(0, 2, 1))
+    channel_last = time_major.transpose(0, 2, 1)
     assert not channel_last.flags.c_contiguous
-    np.testing.assert_array_equal(
-        mamba.causal_conv1d(channel_last, w, bias), mamba.causal_conv1d(x, w, bias)
+    results = []
+    for n in (1, 2):
+        threads(n)
+        out, last = mamba.causal_conv1d(
+            channel_last, w, bias, "silu", initial_states=h0, return_final_states=True
+        )
+        # The output keeps the input's layout (a transposed view of a (batch, L, dim) buffer).
+        assert out.transpose(0, 2, 1).flags.c_contiguous and not out.flags.c_contiguous
+        results.append((out, last))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    # The same arithmetic in the same order as the channel-major kernel: equal bit for bit.
+    plain, plain_last = mamba.causal_conv1d(
+        x, w, bias, "silu", initial_states=h0, return_final_states=True
     )
+    np.testing.assert_array_equal(results[0][0], plain)
+    np.testing.assert_array_equal(results[0][1], plain_last)
+    want, want_last = ref.causal_conv1d(f64(x), f64(w), f64(bias), "silu", f64(h0), True)
+    assert_close(results[0][0], want, dtype)
+    np.testing.assert_array_equal(results[0][1], want_last.astype(dtype))
 
 
 @given(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz.runner import BREAKING
+from fuzz.specs import SPECS
 
 from seqkern import _native
 
@@ -35,13 +37,23 @@ def test_fuzzed_calls_return_or_raise_a_named_error():
     # A negative return code is a signal: the interpreter crashed.
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     calls = int(re.search(r"fuzz: (\d+) calls, 0 failures", done.stdout).group(1))
-    assert calls >= examples * 0.9
+    triples = int(re.search(r"fuzz: every triple: (\d+) calls", done.stdout).group(1))
+    assert calls >= triples + examples * 0.9
+    # Every public function had every (argument, mutation) pair.
+    covered = dict(re.findall(r"fuzz: triples of (\S+): (\d+)", done.stdout))
+    assert sorted(covered) == sorted(spec.name for spec in SPECS)
+    for spec in SPECS:
+        assert int(covered[spec.name]) >= 3 * len(BREAKING), spec.name
 
 
-def test_fuzzer_reports_a_function_that_breaks_the_contract():
-    done = run_fuzzer("--examples", "20", "--self-check")
+@pytest.mark.parametrize(
+    "check, finding",
+    [("name", "does not name an argument"), ("strict", "breaks a rule but the call returned")],
+)
+def test_fuzzer_reports_a_function_that_breaks_the_contract(check, finding):
+    done = run_fuzzer("--examples", "20", "--self-check", check)
     assert done.returncode == 1
-    assert "does not name an argument" in done.stdout
+    assert finding in done.stdout
 
 
 @pytest.mark.parametrize("entry", ["selective_scan_f32", "selective_scan_f64"])

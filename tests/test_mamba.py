@@ -311,31 +311,31 @@ def test_results_identical_for_one_and_two_threads(rng, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_scalar_path_matches_reference_and_simd_path(rng, dtype, simd_path):
-    args = make_scan(rng, 2, 35, 16, 40, "var", "grouped", groups=5)
-    simd_path("scalar")
-    assert seqkern.build_info()["simd"] == "scalar"
-    y_scalar, _ = check_scan(args, dtype, delta_softplus=True)
-    simd_path("auto")
-    y_simd, _ = check_scan(args, dtype, delta_softplus=True)
-    assert_close(y_scalar, y_simd.astype(np.float64), dtype)
+@pytest.mark.parametrize("form", ["var", "grouped"])
+def test_each_path_matches_reference(rng, dtype, form, each_simd_path):
+    args = make_scan(rng, 2, 35, 16, 40, "var", form, groups=5)
+    check_scan(args, dtype, delta_softplus=True)
 
 
-def test_each_path_decode(rng, each_simd_path):
-    state = rng.standard_normal((2, 9, 4))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim, dstate", [(9, 4), (67, 16), (40, 33)])
+def test_each_path_decode(rng, dtype, dim, dstate, each_simd_path):
+    state = rng.standard_normal((2, dim, dstate))
     args = (
-        rng.standard_normal((2, 9)),
-        np.abs(rng.standard_normal((2, 9))),
-        -np.exp(rng.standard_normal((9, 4))),
-        rng.standard_normal((2, 4)),
-        rng.standard_normal((2, 4)),
+        rng.standard_normal((2, dim)),
+        np.abs(rng.standard_normal((2, dim))),
+        -np.exp(rng.standard_normal((dim, dstate))),
+        rng.standard_normal((2, dstate)),
+        rng.standard_normal((2, dstate)),
+        rng.standard_normal(dim),
+        rng.standard_normal((2, dim)),
     )
-    s1 = state.copy()
-    out = selective_state_update(s1, *args)
+    s1 = state.astype(dtype)
+    out = selective_state_update(s1, *(a.astype(dtype) for a in args))
     s2 = state.copy()
     out_ref = ref.selective_state_update(s2, *args)
-    assert_close(out, out_ref, np.float64)
-    assert_close(s1, s2, np.float64)
+    assert_close(out, out_ref, dtype)
+    assert_close(s1, s2, dtype)
 
 
 def test_set_num_threads_and_build_info(threads):

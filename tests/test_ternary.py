@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import SIMD_PATHS
 from hypothesis import given
 from hypothesis import strategies as st
 
-import seqkern
 from seqkern import _native
 from seqkern.reference import ternary as ref
 from seqkern.ternary import (
@@ -97,12 +97,9 @@ def exact_product(q, codes):
     return q.astype(np.int64) @ codes.astype(np.int64).T
 
 
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
-def kernel_path(request, simd_path):
-    """Runs a test on each SIMD path this CPU has (set_simd_path clamps to the CPU)."""
-    active = simd_path(request.param)
-    if active != request.param or seqkern.build_info()["simd"] != request.param:
-        pytest.skip(f"this CPU has no {request.param} path (runs {active})")
+@pytest.fixture
+def kernel_path(each_simd_path):
+    """Runs a test on each SIMD path up to the session's (see conftest.each_simd_path)."""
     return _native.ternary_kernel_path()
 
 
@@ -140,7 +137,7 @@ def edge_rows(dtype, k=9):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_activation_quant_matches_published_on_random_ties_and_edges(rng, dtype):
+def test_activation_quant_matches_published_on_random_ties_and_edges(rng, dtype, each_simd_path):
     ties = tie_rows(rng, dtype)
     x_random = (rng.standard_normal((37, 301)) * rng.uniform(0.01, 100, (37, 1))).astype(dtype)
     for x in (x_random, ties, edge_rows(dtype)):
@@ -170,7 +167,7 @@ def test_activation_scale_is_rounded_like_pytorch():
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_weight_quant_matches_published_on_random_ties_and_edges(rng, dtype):
+def test_weight_quant_matches_published_on_random_ties_and_edges(rng, dtype, each_simd_path):
     # mean|W| = 1 exactly: W * scale = W, so 0.5 -> 0, 1.5 -> 2 -> 1, 2.5 -> 2 -> 1.
     magnitudes = rng.permutation(np.repeat([0.5, 1.5, 1.0, 0.0, 2.0], 120))
     ties = (magnitudes * rng.choice([-1.0, 1.0], size=600)).reshape(20, 30)
@@ -411,12 +408,13 @@ def test_matmul_int_property_on_every_path(m, n, k, format, seed):
     q = random_q(rng, m, k)
     w = TernaryWeight.from_codes(codes, 1.0, format=format)
     expected = exact_product(q, codes)
+    before = _native.get_simd_path()
     try:
-        for path in ("scalar", "avx2", "avx512"):
-            if _native.set_simd_path(path) == path:
-                np.testing.assert_array_equal(ternary_matmul_int(q, w), expected, err_msg=path)
+        for path in SIMD_PATHS:
+            assert _native.set_simd_path(path) == path
+            np.testing.assert_array_equal(ternary_matmul_int(q, w), expected, err_msg=path)
     finally:
-        _native.set_simd_path("auto")
+        _native.set_simd_path(before)
 
 
 def test_matmul_int_batch_dims_and_strides(rng):

@@ -7,6 +7,9 @@ Families live in submodules: :mod:`seqkern.mamba`; their NumPy references in
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
 from typing import Any
 
 from . import _native, attention, mamba, reference, rwkv, ternary
@@ -42,6 +45,34 @@ def get_num_threads() -> int:
 
 def build_info() -> dict[str, Any]:
     """What was built and what it runs on: ``version``, ``profile`` (release or debug), ``simd``
-    (the SIMD path in use; ``SEQKERN_SIMD=scalar`` forces the portable one), ``simd_available``
+    (the SIMD path in use; ``SEQKERN_SIMD=scalar`` forces the portable one, ``avx2`` the AVX2
+    one), ``simd_available``
     (the best this CPU offers), ``threads`` and ``target_arch``."""
     return dict(_native.build_info())
+
+
+_SIMD_NAMES = ("auto", "scalar", "portable", "none", "avx2", "avx512")
+
+
+def _check_environment() -> None:
+    """Warns about a ``SEQKERN_SIMD`` or ``SEQKERN_NUM_THREADS`` value that is not understood
+    (the default is used instead: the best SIMD path, all cores)."""
+    simd = os.environ.get("SEQKERN_SIMD")
+    if simd is not None and simd.strip().lower() not in _SIMD_NAMES:
+        warnings.warn(
+            f"SEQKERN_SIMD: expected one of {', '.join(_SIMD_NAMES)}, got {simd!r}; "
+            f"using {_native.build_info()['simd']}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    threads = os.environ.get("SEQKERN_NUM_THREADS")
+    if threads is not None and not re.fullmatch(r"\+?[0-9]+", threads.strip()):
+        warnings.warn(
+            f"SEQKERN_NUM_THREADS: expected an int >= 0, got {threads!r}; "
+            f"using all {_native.get_num_threads()} cores",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+_check_environment()

@@ -12,6 +12,7 @@ F64 = npt.NDArray[np.float64]
 def set_num_threads(threads: int) -> None: ...
 def get_num_threads() -> int: ...
 def set_simd_path(name: str) -> str: ...
+def get_simd_path() -> str: ...
 def build_info() -> dict[str, Any]: ...
 
 # --- mamba
@@ -98,10 +99,20 @@ def ssd_scan_f64(
     sequential: bool,
 ) -> tuple[F64, F64]: ...
 def causal_conv1d_f32(
-    x: F32, weight: F32, bias: Optional[F32], silu: bool, initial_states: Optional[F32]
+    x: F32,
+    weight: F32,
+    bias: Optional[F32],
+    silu: bool,
+    initial_states: Optional[F32],
+    channels_last: bool = False,
 ) -> tuple[F32, F32]: ...
 def causal_conv1d_f64(
-    x: F64, weight: F64, bias: Optional[F64], silu: bool, initial_states: Optional[F64]
+    x: F64,
+    weight: F64,
+    bias: Optional[F64],
+    silu: bool,
+    initial_states: Optional[F64],
+    channels_last: bool = False,
 ) -> tuple[F64, F64]: ...
 def causal_conv1d_update_f32(
     x: F32, conv_state: F32, weight: F32, bias: Optional[F32], silu: bool

@@ -446,8 +446,10 @@ def causal_conv1d(
     where inputs before the sequence are ``initial_states`` (zeros by default). The final
     states are the last width - 1 inputs of ``[initial_states, x]`` (so they include
     initial-state values when L < width - 1). Returns ``out`` (batch, dim, L), and
-    ``(out, final_states)`` when ``return_final_states``. Channel-last arrays (strides with
-    the channel axis innermost) are accepted and copied once.
+    ``(out, final_states)`` when ``return_final_states``. A channel-last ``x`` (a (batch, dim,
+    L) view of a C-contiguous (batch, L, dim) array, as causal-conv1d accepts it) is read in
+    place and ``out`` is then channel-last too (a transposed view); other strides are copied
+    once.
     """
     x = ck.as_array("x", x)
     dtype = ck.float_dtype("x", x)
@@ -456,8 +458,9 @@ def causal_conv1d(
     silu = _silu_flag(activation)
     weight = _conv_weight(weight, dtype, dim)
     context = weight.shape[1] - 1
+    channels_last = _is_channels_last(x)
     out, final_states = _CONV[dtype](
-        ck.contiguous("x", x),
+        x.transpose(0, 2, 1) if channels_last else ck.contiguous("x", x),
         weight,
         ck.optional_float_input("bias", bias, dtype, "x", ("dim",), (dim,)),
         silu,
@@ -469,8 +472,16 @@ def causal_conv1d(
             ("batch", "dim", "width - 1"),
             (batch, dim, context),
         ),
+        channels_last,
     )
+    if channels_last:
+        out = out.transpose(0, 2, 1)
     return (out, final_states) if return_final_states else out
+
+
+def _is_channels_last(x: np.ndarray) -> bool:
+    """Whether x (batch, dim, L) is the transposed view of a C-contiguous (batch, L, dim)."""
+    return x.shape[1] > 1 and x.shape[2] > 1 and x.transpose(0, 2, 1).flags.c_contiguous
 
 
 causal_conv1d_fn = causal_conv1d

@@ -1,8 +1,9 @@
 """BitNet b1.58 ternary weights: exact quantization, packed storage and int8 x ternary matmul.
 
 Weights follow ``nn.Linear``: ``W`` is (out_features, in_features) = (N, K) and
-``y = x @ W.T``. The quantizers are bit-identical to BitNet's published ``weight_quant`` and
-``activation_quant``; the matmul multiplies int8 activations by ternary weights exactly in
+``y = x @ W.T``. ``quantize_activations`` is bit-identical to BitNet's published
+``activation_quant``; ``quantize_weights`` is ``weight_quant`` with mean|W| summed exactly
+(see its docstring); the matmul multiplies int8 activations by ternary weights exactly in
 int32, on AVX-512 VNNI, AVX2, NEON or portable code (every path gives the same bits).
 
 Typical use::
@@ -295,13 +296,14 @@ def _read_npz(f) -> dict[str, np.ndarray]:
 
 def quantize_weights(W: Any, *, eps: float = 1e-5, format: str = "i2") -> TernaryWeight:
     """Quantizes ``W`` (out_features, in_features), float32 or float64, to ternary codes with
-    one per-tensor scale, bit-identical to BitNet's published ``weight_quant``::
+    one per-tensor scale, as BitNet's published ``weight_quant`` does::
 
         gamma = max(mean|W|, eps);  codes = clip(round_half_even(W * (1 / gamma)), -1, 1)
 
     computed in W's dtype (``1 / gamma`` rounded once, as PyTorch does). ``mean|W|`` is
-    accumulated in float64 and rounded once to W's dtype; PyTorch's float32 sum order can move
-    it by an ulp, which can only flip a weight lying within an ulp of gamma / 2. NaN and
+    summed exactly and rounded once to W's dtype; PyTorch's float32 sum order can move it by an
+    ulp, which can only flip a weight lying within an ulp of gamma / 2 (with the same gamma,
+    the codes are identical). NaN and
     infinity are rejected. Returns a :class:`TernaryWeight` in ``format`` ("i2" or "t1").
     """
     format = _check_format(format)

@@ -5,6 +5,7 @@ use super::{
 };
 use crate::error::checked_product;
 use crate::mamba::conv1d::{self, ConvDims, ConvInputs};
+use crate::mamba::conv1d_channels_last::causal_conv1d_channels_last;
 use crate::mamba::ssd::{ssd_scan, ssd_scan_sequential, SsdDims, SsdInputs};
 use crate::mamba::state_update::Granularity;
 use crate::simd::Real;
@@ -103,8 +104,14 @@ fn conv_generic<'py, T: Real + Element>(
     bias: Option<PyReadonlyArrayDyn<'py, T>>,
     silu: bool,
     initial_states: Option<PyReadonlyArrayDyn<'py, T>>,
+    channels_last: bool,
 ) -> PyResult<Pair<'py, T>> {
-    let [batch, dim, len] = dims_of::<3>("x", x.shape(), "(batch, dim, L)")?;
+    let [batch, dim, len] = if channels_last {
+        let [batch, len, dim] = dims_of::<3>("x", x.shape(), "(batch, L, dim)")?;
+        [batch, dim, len]
+    } else {
+        dims_of::<3>("x", x.shape(), "(batch, dim, L)")?
+    };
     let [_, width] = dims_of::<2>("weight", weight.shape(), "(dim, width)")?;
     if width == 0 {
         return Err(PyValueError::new_err("weight: expected width >= 1, got 0"));
@@ -122,7 +129,11 @@ fn conv_generic<'py, T: Real + Element>(
         bias: as_opt_slice("bias", &bias)?,
         initial_states: as_opt_slice("initial_states", &initial_states)?,
     };
-    let out_shape = [batch, dim, len];
+    let out_shape = if channels_last {
+        [batch, len, dim]
+    } else {
+        [batch, dim, len]
+    };
     let state_shape = [batch, dim, width - 1];
     let out_len = checked_product("x", &out_shape)?;
     let state_len = checked_product("initial_states", &state_shape)?;
@@ -130,7 +141,11 @@ fn conv_generic<'py, T: Real + Element>(
     let mut out = vec![T::ZERO; out_len];
     let mut last = vec![T::ZERO; state_len];
     run_detached(py, || {
-        conv1d::causal_conv1d(dims, inputs, &mut out, &mut last)
+        if channels_last {
+            causal_conv1d_channels_last(dims, inputs, &mut out, &mut last)
+        } else {
+            conv1d::causal_conv1d(dims, inputs, &mut out, &mut last)
+        }
     })?;
     Ok((
         to_numpy(py, &out_shape, out)?,
@@ -212,9 +227,10 @@ macro_rules! typed_entry_points {
             ssd_generic(py, x, dt, a, b, c, d, z, dt_bias, initial_states, options)
         }
 
-        /// Causal depthwise conv1d for one dtype; x is (batch, dim, L).
+        /// Causal depthwise conv1d for one dtype; x is (batch, dim, L), or (batch, L, dim)
+        /// with `channels_last` (the output then has x's layout too).
         #[pyfunction]
-        #[pyo3(signature = (x, weight, bias, silu, initial_states))]
+        #[pyo3(signature = (x, weight, bias, silu, initial_states, channels_last = false))]
         fn $conv<'py>(
             py: Python<'py>,
             x: PyReadonlyArrayDyn<'py, $t>,
@@ -222,8 +238,9 @@ macro_rules! typed_entry_points {
             bias: Option<PyReadonlyArrayDyn<'py, $t>>,
             silu: bool,
             initial_states: Option<PyReadonlyArrayDyn<'py, $t>>,
+            channels_last: bool,
         ) -> PyResult<Pair<'py, $t>> {
-            conv_generic(py, x, weight, bias, silu, initial_states)
+            conv_generic(py, x, weight, bias, silu, initial_states, channels_last)
         }
 
         /// Conv1d decode step for one dtype; x is (batch, dim, L), conv_state is updated in

@@ -32,7 +32,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(get_simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_in_kernel, m)?)?;
     mamba::register(m)?;
     mamba2::register(m)?;
     attention::register(m)?;
@@ -66,6 +68,31 @@ fn set_simd_path(name: &str) -> PyResult<&'static str> {
         })?)
     };
     Ok(simd::force_isa(wanted).name())
+}
+
+/// The SIMD path asked for ("scalar", "avx2", "avx512", by `SEQKERN_SIMD` or
+/// `set_simd_path`) or "auto"; passing it to `set_simd_path` restores the choice exactly.
+#[pyfunction]
+fn get_simd_path() -> &'static str {
+    simd::requested_isa().map_or("auto", simd::Isa::name)
+}
+
+/// Panics inside a kernel call (on the pool, with the GIL released) when `confirm` is
+/// "panic", to show that an internal error reaches Python as `RuntimeError`; any other value
+/// does nothing. Not part of the API: the tests call it.
+#[pyfunction]
+fn _panic_in_kernel(py: Python<'_>, confirm: &str) -> PyResult<()> {
+    use rayon::prelude::*;
+    let armed = confirm == "panic";
+    run_detached(py, || {
+        // In one of several parallel tasks, as a kernel bug would.
+        (0..4).into_par_iter().for_each(|task| {
+            if armed && task == 3 {
+                panic!("requested by _panic_in_kernel");
+            }
+        });
+        Ok(())
+    })
 }
 
 /// Version, build profile, SIMD path (chosen and best available) and thread count.

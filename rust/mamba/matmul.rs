@@ -491,7 +491,7 @@ mod tests {
             ..full
         };
         let want = naive(&full);
-        for isa in [Isa::Scalar, Isa::Avx512] {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
             let mut got = vec![0.0; m * n];
             matmul(isa, causal, &mut got, n, Store::Overwrite);
             for (g, w) in got.iter().zip(&want) {

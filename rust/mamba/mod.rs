@@ -1,6 +1,7 @@
 //! Mamba kernels: the Mamba-1 selective scan and its one-token decode step.
 
 pub mod conv1d;
+pub mod conv1d_channels_last;
 pub mod matmul;
 pub mod selective_scan;
 pub mod ssd;

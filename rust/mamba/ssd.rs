@@ -30,6 +30,12 @@
 //! block's columns of `out`. When batch * heads is small, heads are split into channel ranges
 //! to give the threads work (output channels are independent, so this changes no bit).
 //!
+//! Both kernels walk the sequence in windows of whole chunks and keep the time terms (dt',
+//! cumulative sums, decays) and the group terms of one window at a time, carrying the states
+//! from window to window: their extra memory is about `min(L, window) x batch x (groups x
+//! (dstate + Q) + 4 heads)` elements plus the states, whatever L is (a window holds about 2^20
+//! elements of these terms). Every chunk is computed as in one pass, so windows change no bit.
+//!
 //! The task split depends on the sizes only and every task computes in a fixed order, so the
 //! result does not depend on the thread count. It depends on the chunk size only through
 //! rounding.
@@ -54,6 +60,12 @@ const SPLIT_WIDTH: usize = 32;
 const SEQ_BLOCK: usize = 32;
 /// Steps the sequential kernel runs before gating their outputs into out.
 const SEQ_STEPS: usize = 16;
+/// Scratch elements (time terms and group terms) of one window of chunks, at most (unless a
+/// single chunk needs more): the scratch is reused from window to window, so extra memory does
+/// not grow with L.
+const WINDOW_ELEMENTS: usize = 1 << 20;
+/// Steps of one window of the sequential kernel (a multiple of [`SEQ_STEPS`]).
+const SEQ_WINDOW: usize = 4096;
 
 /// Sizes of one SSD call.
 #[derive(Clone, Copy, Debug)]
@@ -173,25 +185,30 @@ pub fn ssd_scan<T: Real>(
     final_states: &mut [T],
 ) -> Result<(), KernelError> {
     validate(&dims, &inputs, out, final_states)?;
-    if trivial_case(&dims, &inputs, out, final_states) {
+    let isa = simd::isa();
+    if trivial_case(isa, &dims, &inputs, out, final_states) {
         return Ok(());
     }
-    let isa = simd::isa();
-    let time = prepare_dt(isa, &dims, &inputs);
     let plan = ChunkPlan::new(&dims);
-    let group = group_terms(isa, &dims, &inputs, &plan);
     let blocks = head_blocks(&dims);
-    let shared = ChunkedShared {
-        dims,
-        inputs,
-        plan,
-        time: &time,
-        group: &group,
-        isa,
-    };
-    block_tasks(&dims, &blocks, out, final_states)
-        .into_par_iter()
-        .for_each(|task| shared.scan_block(task));
+    let mut states = initial_block_states(&dims, &inputs, &blocks);
+    for window in plan.windows(&dims) {
+        let time = prepare_dt(isa, &dims, &inputs, window);
+        let group = group_terms(isa, &dims, &inputs, &plan, window);
+        let shared = ChunkedShared {
+            dims,
+            inputs,
+            plan,
+            window,
+            time: &time,
+            group: &group,
+            isa,
+        };
+        block_tasks(&dims, &blocks, window, out, &mut states)
+            .into_par_iter()
+            .for_each(|task| shared.scan_block(task));
+    }
+    store_block_states(&dims, &blocks, &states, final_states);
     Ok(())
 }
 
@@ -204,12 +221,11 @@ pub fn ssd_scan_sequential<T: Real>(
     final_states: &mut [T],
 ) -> Result<(), KernelError> {
     validate(&dims, &inputs, out, final_states)?;
-    if trivial_case(&dims, &inputs, out, final_states) {
+    let isa = simd::isa();
+    if trivial_case(isa, &dims, &inputs, out, final_states) {
         return Ok(());
     }
-    let isa = simd::isa();
-    let time = prepare_dt(isa, &dims, &inputs);
-    // One task per (batch, head), writing its channels of every row of out.
+    // One task per (batch, head), writing its channels of out.
     let per_group = dims.heads / dims.groups;
     let heads: Vec<HeadBlock> = (0..dims.heads)
         .map(|h| HeadBlock {
@@ -220,26 +236,33 @@ pub fn ssd_scan_sequential<T: Real>(
             width: dims.headdim,
         })
         .collect();
-    block_tasks(&dims, &heads, out, final_states)
-        .into_par_iter()
-        .for_each(|task| {
-            let bh = task.batch * dims.heads + task.block.first;
-            let dt = &time.dt[bh * dims.len..(bh + 1) * dims.len];
-            simd::dispatch_on(
-                isa,
-                SequentialJob {
-                    dims,
-                    inputs,
-                    dt,
-                    task,
-                },
-            );
-        });
+    let mut states = initial_block_states(&dims, &inputs, &heads);
+    for window in windows(dims.len, SEQ_WINDOW, 1) {
+        let time = prepare_dt(isa, &dims, &inputs, window);
+        block_tasks(&dims, &heads, window, out, &mut states)
+            .into_par_iter()
+            .for_each(|task| {
+                let bh = task.batch * dims.heads + task.block.first;
+                let dt = time.slice(&time.dt, bh, window.t0, window.len);
+                simd::dispatch_on(
+                    isa,
+                    SequentialJob {
+                        dims,
+                        inputs,
+                        dt,
+                        t0: window.t0,
+                        task,
+                    },
+                );
+            });
+    }
+    store_block_states(&dims, &heads, &states, final_states);
     Ok(())
 }
 
 /// Handles calls with nothing to scan (an empty axis or `dstate = 0`); returns whether it did.
 fn trivial_case<T: Real>(
+    isa: Isa,
     dims: &SsdDims,
     inputs: &SsdInputs<'_, T>,
     out: &mut [T],
@@ -255,30 +278,48 @@ fn trivial_case<T: Real>(
         if !out.is_empty() {
             let rows = dims.batch * dims.len;
             let row = dims.heads * dims.headdim;
-            simd::dispatch(FinishJob {
+            let finish = FinishJob {
                 dims: *dims,
                 inputs: *inputs,
                 first_row: 0,
                 out: &mut out[..rows * row],
-            });
+            };
+            simd::dispatch_on(isa, finish);
         }
         return true;
     }
     false
 }
 
-/// dt' and the chunk-local cumulative sums of dt' A, both `(batch, heads, L)`.
-/// Also, per step t of a chunk, `growth = exp(cs_t)` (the decay of the state entering the
-/// chunk) and `weight = exp(cs_last - cs_t) dt'_t` (the weight of step t in the chunk's state).
+/// dt' and the chunk-local cumulative sums of dt' A over the steps of one window, both
+/// `(batch, heads, window.len)`. Also, per step t of a chunk, `growth = exp(cs_t)` (the decay
+/// of the state entering the chunk) and `weight = exp(cs_last - cs_t) dt'_t` (the weight of
+/// step t in the chunk's state).
 struct TimeTerms<T> {
+    /// First step of the window.
+    t0: usize,
+    /// Steps of the window.
+    len: usize,
     dt: Vec<T>,
     cumsum: Vec<T>,
     growth: Vec<T>,
     weight: Vec<T>,
 }
 
-fn prepare_dt<T: Real>(isa: Isa, dims: &SsdDims, inputs: &SsdInputs<'_, T>) -> TimeTerms<T> {
-    let len = dims.len;
+impl<T> TimeTerms<T> {
+    /// The `rows` values of `field` (one of the four) of (batch, head) `bh` from step `t`.
+    fn slice<'s>(&self, field: &'s [T], bh: usize, t: usize, rows: usize) -> &'s [T] {
+        &field[bh * self.len + t - self.t0..][..rows]
+    }
+}
+
+fn prepare_dt<T: Real>(
+    isa: Isa,
+    dims: &SsdDims,
+    inputs: &SsdInputs<'_, T>,
+    window: Window,
+) -> TimeTerms<T> {
+    let len = window.len;
     let mut dt = vec![T::ZERO; dims.batch * dims.heads * len];
     let mut cumsum = vec![T::ZERO; dt.len()];
     let mut growth = vec![T::ZERO; dt.len()];
@@ -294,6 +335,7 @@ fn prepare_dt<T: Real>(isa: Isa, dims: &SsdDims, inputs: &SsdInputs<'_, T>) -> T
                     dims: *dims,
                     inputs: *inputs,
                     bh,
+                    t0: window.t0,
                     dt,
                     cumsum,
                     growth,
@@ -302,6 +344,8 @@ fn prepare_dt<T: Real>(isa: Isa, dims: &SsdDims, inputs: &SsdInputs<'_, T>) -> T
             );
         });
     TimeTerms {
+        t0: window.t0,
+        len,
         dt,
         cumsum,
         growth,
@@ -309,12 +353,14 @@ fn prepare_dt<T: Real>(isa: Isa, dims: &SsdDims, inputs: &SsdInputs<'_, T>) -> T
     }
 }
 
-/// dt' for one (batch, head) row, its cumulative sums restarted at every chunk, and the
-/// growth and weight of [`TimeTerms`].
+/// dt' for one (batch, head) row of a window, its cumulative sums restarted at every chunk,
+/// and the growth and weight of [`TimeTerms`].
 struct DtJob<'a, 'o, T> {
     dims: SsdDims,
     inputs: SsdInputs<'a, T>,
     bh: usize,
+    /// First step of the window (a chunk boundary).
+    t0: usize,
     dt: &'o mut [T],
     cumsum: &'o mut [T],
     growth: &'o mut [T],
@@ -331,7 +377,7 @@ impl<T: Real> Kernel for DtJob<'_, '_, T> {
         let bias = self.inputs.dt_bias.map_or(T::ZERO, |v| v[h]);
         let (lo, hi) = self.inputs.dt_limit;
         for (t, v) in self.dt.iter_mut().enumerate() {
-            *v = self.inputs.dt[(b * len + t) * heads + h] + bias;
+            *v = self.inputs.dt[(b * len + self.t0 + t) * heads + h] + bias;
         }
         if self.inputs.dt_softplus {
             for v in self.dt.iter_mut() {
@@ -383,6 +429,44 @@ impl ChunkPlan {
         let t0 = c * self.q;
         (t0, self.q.min(len - t0))
     }
+
+    /// The windows the chunked kernel walks, as many chunks each as keep their time and group
+    /// terms within [`WINDOW_ELEMENTS`].
+    fn windows(&self, dims: &SsdDims) -> Vec<Window> {
+        let (q, n) = (self.q, dims.dstate);
+        let per_chunk = dims.batch * (dims.groups * q * (n + q) + 4 * dims.heads * q);
+        let chunks = (WINDOW_ELEMENTS / per_chunk.max(1)).max(1);
+        windows(dims.len, q, chunks)
+    }
+}
+
+/// Steps `t0 .. t0 + len` of the sequence: chunks `first_chunk .. first_chunk + chunks` of the
+/// chunk grid. The kernels keep their time and group terms for one window at a time; the
+/// windows change no bit of the result (every chunk is computed as it would be in one pass).
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    t0: usize,
+    len: usize,
+    first_chunk: usize,
+    chunks: usize,
+}
+
+/// Consecutive windows of `per_window` chunks of `q` steps covering `len` steps.
+fn windows(len: usize, q: usize, per_window: usize) -> Vec<Window> {
+    let count = len.div_ceil(q);
+    (0..count)
+        .step_by(per_window)
+        .map(|first_chunk| {
+            let t0 = first_chunk * q;
+            let chunks = per_window.min(count - first_chunk);
+            Window {
+                t0,
+                len: ((first_chunk + chunks) * q).min(len) - t0,
+                first_chunk,
+                chunks,
+            }
+        })
+        .collect()
 }
 
 /// Element (t, group, k) of B or C of batch row `b` as a row-major matrix view over time.
@@ -404,9 +488,19 @@ fn x_offset(dims: &SsdDims, b: usize, t0: usize, h: usize) -> usize {
 /// `B C^T` (rows x rows, q apart), the transpose of the `C B^T` of the module docs. Both are
 /// shared by the group's heads, and both are laid out so that the per-head products read
 /// their left operand with contiguous rows.
+/// Only the chunks of one window are kept.
 struct GroupTerms<T> {
     c_t: Vec<T>,
     bc: Vec<T>,
+    groups: usize,
+    window: Window,
+}
+
+impl<T> GroupTerms<T> {
+    /// The slot of (batch row, group, chunk); the chunk lies in the window.
+    fn slot(&self, b: usize, g: usize, chunk: usize) -> usize {
+        (b * self.groups + g) * self.window.chunks + chunk - self.window.first_chunk
+    }
 }
 
 fn group_terms<T: Real>(
@@ -414,17 +508,18 @@ fn group_terms<T: Real>(
     dims: &SsdDims,
     inputs: &SsdInputs<'_, T>,
     plan: &ChunkPlan,
+    window: Window,
 ) -> GroupTerms<T> {
     let (q, n) = (plan.q, dims.dstate);
-    let slots = dims.batch * dims.groups * plan.count;
+    let slots = dims.batch * dims.groups * window.chunks;
     let mut c_t = vec![T::ZERO; slots * n * q];
     let mut bc = vec![T::ZERO; slots * q * q];
     c_t.par_chunks_mut(n * q)
         .zip(bc.par_chunks_mut(q * q))
         .enumerate()
         .for_each(|(slot, (c_t, bc))| {
-            let c = slot % plan.count;
-            let bg = slot / plan.count;
+            let c = window.first_chunk + slot % window.chunks;
+            let bg = slot / window.chunks;
             let (b, g) = (bg / dims.groups, bg % dims.groups);
             let (t0, rows) = plan.span(c, dims.len);
             let c_rows = bc_rows(inputs.c, dims, b, t0, g);
@@ -446,15 +541,11 @@ fn group_terms<T: Real>(
             };
             matmul(isa, product, bc, q, Store::Overwrite);
         });
-    GroupTerms { c_t, bc }
-}
-
-/// `dest (cols x rows) = src (rows x cols)^T`.
-fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dest: &mut [T]) {
-    for (i, row) in src.chunks_exact(cols).take(rows).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            dest[j * rows + i] = v;
-        }
+    GroupTerms {
+        c_t,
+        bc,
+        groups: dims.groups,
+        window,
     }
 }
 
@@ -517,47 +608,107 @@ fn head_blocks(dims: &SsdDims) -> Vec<HeadBlock> {
     blocks
 }
 
-/// One (batch row, block): its columns of every time row of out, and its rows of the final
+/// One (batch row, block) in one window: its columns of the window's rows of out, and its
 /// state.
 struct BlockTask<'o, T> {
     batch: usize,
     block: HeadBlock,
-    /// `rows[t]`: the block's `columns()` channels of `out[batch, t]`.
+    /// `rows[i]`: the block's `columns()` channels of `out[batch, window.t0 + i]`.
     rows: Vec<&'o mut [T]>,
-    /// `final_states[batch]` rows of the block: `(columns(), dstate)`.
-    last: &'o mut [T],
+    /// The block's state `S^T`, `(dstate, columns())`, carried from window to window.
+    state: &'o mut [T],
 }
 
-/// Splits `out` and `final_states` into the disjoint parts of every (batch, block) task.
+/// Offset in `(batch, heads, headdim, dstate)` of the first state row of channel `j` of the
+/// block's head `hl`.
+fn state_row(dims: &SsdDims, batch: usize, block: &HeadBlock, hl: usize, j: usize) -> usize {
+    ((batch * dims.heads + block.first + hl) * dims.headdim + block.j0 + j) * dims.dstate
+}
+
+/// The state `S^T` `(dstate, columns)` of every (batch, block), from `initial_states` (or 0).
+fn initial_block_states<T: Real>(
+    dims: &SsdDims,
+    inputs: &SsdInputs<'_, T>,
+    blocks: &[HeadBlock],
+) -> Vec<Vec<T>> {
+    let n = dims.dstate;
+    let mut states = Vec::with_capacity(dims.batch * blocks.len());
+    for batch in 0..dims.batch {
+        for block in blocks {
+            let cols = block.columns();
+            let mut state = vec![T::ZERO; n * cols];
+            if let Some(h0) = inputs.initial_states {
+                for hl in 0..block.count {
+                    for j in 0..block.width {
+                        let source = &h0[state_row(dims, batch, block, hl, j)..][..n];
+                        for (k, &v) in source.iter().enumerate() {
+                            state[k * cols + hl * block.width + j] = v;
+                        }
+                    }
+                }
+            }
+            states.push(state);
+        }
+    }
+    states
+}
+
+/// Writes the states of [`initial_block_states`]'s layout to `final_states`.
+fn store_block_states<T: Real>(
+    dims: &SsdDims,
+    blocks: &[HeadBlock],
+    states: &[Vec<T>],
+    final_states: &mut [T],
+) {
+    let n = dims.dstate;
+    let per_batch = states.chunks_exact(blocks.len().max(1));
+    for (batch, states) in per_batch.enumerate() {
+        for (block, state) in blocks.iter().zip(states) {
+            let cols = block.columns();
+            for hl in 0..block.count {
+                for j in 0..block.width {
+                    let dest = &mut final_states[state_row(dims, batch, block, hl, j)..][..n];
+                    for (k, v) in dest.iter_mut().enumerate() {
+                        *v = state[k * cols + hl * block.width + j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits the window's rows of `out` and the states into the disjoint parts of every
+/// (batch, block) task.
 fn block_tasks<'o, T>(
     dims: &SsdDims,
     blocks: &[HeadBlock],
+    window: Window,
     out: &'o mut [T],
-    final_states: &'o mut [T],
+    states: &'o mut [Vec<T>],
 ) -> Vec<BlockTask<'o, T>> {
-    let (n, row) = (dims.dstate, dims.heads * dims.headdim);
+    let row = dims.heads * dims.headdim;
     let mut tasks = Vec::with_capacity(dims.batch * blocks.len());
-    let mut states_rest = final_states;
-    for batch in 0..dims.batch {
+    let per_batch = out.chunks_exact_mut(dims.len * row);
+    let mut states = states.iter_mut();
+    for (batch, sequence) in per_batch.enumerate() {
+        let first_task = tasks.len();
         for &block in blocks {
-            let (last, tail) = std::mem::take(&mut states_rest).split_at_mut(block.columns() * n);
-            states_rest = tail;
-            let rows = Vec::with_capacity(dims.len);
+            let state = states.next().expect("one state per (batch, block)");
             tasks.push(BlockTask {
                 batch,
                 block,
-                rows,
-                last,
+                rows: Vec::with_capacity(window.len),
+                state,
             });
         }
-    }
-    for (r, out_row) in out.chunks_exact_mut(row).enumerate() {
-        let first_task = (r / dims.len) * blocks.len();
-        let mut rest = out_row;
-        for (task, block) in tasks[first_task..].iter_mut().zip(blocks) {
-            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(block.columns());
-            rest = tail;
-            task.rows.push(mine);
+        let rows = &mut sequence[window.t0 * row..(window.t0 + window.len) * row];
+        for out_row in rows.chunks_exact_mut(row) {
+            let mut rest = out_row;
+            for (task, block) in tasks[first_task..].iter_mut().zip(blocks) {
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut(block.columns());
+                rest = tail;
+                task.rows.push(mine);
+            }
         }
     }
     tasks
@@ -568,6 +719,7 @@ struct ChunkedShared<'a, T> {
     dims: SsdDims,
     inputs: SsdInputs<'a, T>,
     plan: ChunkPlan,
+    window: Window,
     time: &'a TimeTerms<T>,
     group: &'a GroupTerms<T>,
     isa: Isa,
@@ -588,25 +740,19 @@ struct Scratch<T> {
 }
 
 impl<T: Real> ChunkedShared<'_, T> {
-    /// Runs every chunk of one task in order, carrying its state `S^T` `(dstate, columns)`.
-    fn scan_block(&self, mut task: BlockTask<'_, T>) {
+    /// Runs the window's chunks of one task in order, carrying its state `S^T`
+    /// `(dstate, columns)`.
+    fn scan_block(&self, task: BlockTask<'_, T>) {
         let dims = &self.dims;
-        let (n, p, q) = (dims.dstate, dims.headdim, self.plan.q);
-        let block = task.block;
+        let q = self.plan.q;
+        let BlockTask {
+            batch,
+            block,
+            mut rows,
+            state,
+        } = task;
         let cols = block.columns();
-        let mut state = vec![T::ZERO; n * cols];
         let carried = self.inputs.initial_states.is_some();
-        if let Some(h0) = self.inputs.initial_states {
-            for hl in 0..block.count {
-                let head = (task.batch * dims.heads + block.first + hl) * p + block.j0;
-                let rows = &h0[head * n..(head + block.width) * n];
-                for (j, source) in rows.chunks_exact(n).enumerate() {
-                    for (k, &v) in source.iter().enumerate() {
-                        state[k * cols + hl * block.width + j] = v;
-                    }
-                }
-            }
-        }
         let mut scratch = Scratch {
             y: vec![T::ZERO; q * cols],
             m_t: vec![T::ZERO; q * q],
@@ -614,37 +760,32 @@ impl<T: Real> ChunkedShared<'_, T> {
             decay: vec![T::ZERO; cols],
             scale: vec![T::ZERO; q * block.count],
         };
-        for chunk in 0..self.plan.count {
-            let (t0, rows) = self.plan.span(chunk, dims.len);
+        let first = self.window.first_chunk;
+        for chunk in first..first + self.window.chunks {
+            let (t0, len) = self.plan.span(chunk, dims.len);
             let at = At {
-                batch: task.batch,
+                batch,
                 block,
                 chunk,
                 t0,
-                rows,
+                rows: len,
             };
             if chunk + 1 < self.plan.count {
                 self.prefetch_chunk(&at, self.plan.span(chunk + 1, dims.len));
             }
             self.intra_chunk(&at, &mut scratch);
             if chunk > 0 || carried {
-                self.state_output(&at, &state, &mut scratch);
+                self.state_output(&at, state, &mut scratch);
             }
-            self.update_state(&at, &mut scratch, &mut state);
+            self.update_state(&at, &mut scratch, state);
             let finish = FinishSegments {
                 dims: *dims,
                 inputs: self.inputs,
                 at,
-                y: &scratch.y[..rows * cols],
-                rows: &mut task.rows[t0..t0 + rows],
+                y: &scratch.y[..len * cols],
+                rows: &mut rows[t0 - self.window.t0..][..len],
             };
             simd::dispatch_on(self.isa, finish);
-        }
-        // (dstate, columns) -> (columns, dstate)
-        for (k, state_row) in state.chunks_exact(cols).enumerate() {
-            for (c, &v) in state_row.iter().enumerate() {
-                task.last[c * n + k] = v;
-            }
         }
     }
 
@@ -669,8 +810,8 @@ impl<T: Real> ChunkedShared<'_, T> {
     /// `j <= i`.
     fn intra_chunk(&self, at: &At, scratch: &mut Scratch<T>) {
         let dims = &self.dims;
-        let (q, len, rows) = (self.plan.q, dims.len, at.rows);
-        let slot = (at.batch * dims.groups + at.block.group) * self.plan.count + at.chunk;
+        let (q, rows) = (self.plan.q, at.rows);
+        let slot = self.group.slot(at.batch, at.block.group, at.chunk);
         let cols = at.block.columns();
         for hl in 0..at.block.count {
             let h = at.block.first + hl;
@@ -679,8 +820,8 @@ impl<T: Real> ChunkedShared<'_, T> {
             let decay = DecayJob {
                 bc: &self.group.bc[slot * q * q..],
                 ld_bc: q,
-                dt: &self.time.dt[bh * len + at.t0..][..rows],
-                cs: &self.time.cumsum[bh * len + at.t0..][..rows],
+                dt: self.time.slice(&self.time.dt, bh, at.t0, rows),
+                cs: self.time.slice(&self.time.cumsum, bh, at.t0, rows),
                 m_t,
             };
             simd::dispatch_on(self.isa, decay);
@@ -708,16 +849,16 @@ impl<T: Real> ChunkedShared<'_, T> {
     /// `Y_i += exp(cs_i) S_in C_i` for all channels of the block at once.
     fn state_output(&self, at: &At, state: &[T], scratch: &mut Scratch<T>) {
         let dims = &self.dims;
-        let (n, q, len, rows) = (dims.dstate, self.plan.q, dims.len, at.rows);
+        let (n, q, rows) = (dims.dstate, self.plan.q, at.rows);
         let count = at.block.count;
         for hl in 0..count {
             let bh = at.batch * dims.heads + at.block.first + hl;
-            let growth = &self.time.growth[bh * len + at.t0..][..rows];
+            let growth = self.time.slice(&self.time.growth, bh, at.t0, rows);
             for (i, &g) in growth.iter().enumerate() {
                 scratch.scale[i * count + hl] = g;
             }
         }
-        let slot = (at.batch * dims.groups + at.block.group) * self.plan.count + at.chunk;
+        let slot = self.group.slot(at.batch, at.block.group, at.chunk);
         let cols = at.block.columns();
         let product = Product {
             m: rows,
@@ -816,13 +957,13 @@ impl<T: Real> Kernel for WeightedRows<'_, '_, T> {
     #[inline(always)]
     fn run<A: Arch>(self) {
         let dims = &self.dims;
-        let (at, len) = (self.at, dims.len);
+        let at = self.at;
         let (w, cols) = (at.block.width, at.block.columns());
         for hl in 0..at.block.count {
             let h = at.block.first + hl;
             let bh = at.batch * dims.heads + h;
-            let weights = &self.time.weight[bh * len + at.t0..][..at.rows];
-            let growth = self.time.growth[bh * len + at.t0 + at.rows - 1];
+            let weights = self.time.slice(&self.time.weight, bh, at.t0, at.rows);
+            let growth = self.time.slice(&self.time.growth, bh, at.t0, at.rows)[at.rows - 1];
             self.decay[hl * w..(hl + 1) * w].fill(growth);
             let rows = self.x_w.chunks_exact_mut(cols).zip(weights);
             for (l, (x_row, &weight)) in rows.enumerate() {
@@ -989,9 +1130,11 @@ impl<T: Real> Kernel for FinishJob<'_, '_, T> {
 struct SequentialJob<'a, 'o, T> {
     dims: SsdDims,
     inputs: SsdInputs<'a, T>,
-    /// dt' of this (batch, head).
+    /// dt' of this (batch, head) over the window.
     dt: &'a [T],
-    /// The head's channels of every row of out, and its rows of the final state.
+    /// First step of the window.
+    t0: usize,
+    /// The head's channels of the window's rows of out, and its state `(dstate, headdim)`.
     task: BlockTask<'o, T>,
 }
 
@@ -1003,13 +1146,8 @@ impl<T: Real> Kernel for SequentialJob<'_, '_, T> {
         let dims = &self.dims;
         let (p, n) = (dims.headdim, dims.dstate);
         let (b, h) = (self.task.batch, self.task.block.first);
-        let bh = b * dims.heads + h;
         let g = self.task.block.group;
         let a = self.inputs.a[h];
-        let mut state = vec![T::ZERO; n * p];
-        if let Some(h0) = self.inputs.initial_states {
-            transpose(&h0[bh * p * n..][..p * n], p, n, &mut state);
-        }
         let d = match (self.inputs.d, dims.d_form) {
             (Some(d), Granularity::PerHead) => Skip::Head(d[h]),
             (Some(d), Granularity::PerHeadDim) => Skip::Channels(&d[h * p..(h + 1) * p]),
@@ -1018,16 +1156,17 @@ impl<T: Real> Kernel for SequentialJob<'_, '_, T> {
         // y of SEQ_STEPS steps, gated into out after each block of steps: touching out and z
         // inside the step loop would evict the state from L1.
         let mut y_block = vec![T::ZERO; SEQ_STEPS * p];
-        let mut task = self.task;
-        for (t0, rows) in task
-            .rows
+        let BlockTask {
+            mut rows, state, ..
+        } = self.task;
+        for (t0, rows) in rows
             .chunks_mut(SEQ_STEPS)
             .enumerate()
-            .map(|(i, r)| (i * SEQ_STEPS, r))
+            .map(|(i, r)| (self.t0 + i * SEQ_STEPS, r))
         {
             for (i, y) in y_block.chunks_exact_mut(p).take(rows.len()).enumerate() {
                 let t = t0 + i;
-                let dt = self.dt[t];
+                let dt = self.dt[t - self.t0];
                 let step = Step {
                     decay: (dt * a).exp(),
                     dt,
@@ -1039,11 +1178,11 @@ impl<T: Real> Kernel for SequentialJob<'_, '_, T> {
                 // streams over the state rows.
                 let mut j0 = 0;
                 while j0 + SEQ_BLOCK <= p {
-                    step.block::<A, SEQ_BLOCK>(&mut state, p, j0, &mut y[j0..j0 + SEQ_BLOCK]);
+                    step.block::<A, SEQ_BLOCK>(state, p, j0, &mut y[j0..j0 + SEQ_BLOCK]);
                     j0 += SEQ_BLOCK;
                 }
                 if j0 < p {
-                    step.tail::<A>(&mut state, p, j0, &mut y[j0..]);
+                    step.tail::<A>(state, p, j0, &mut y[j0..]);
                 }
             }
             for (i, (out, y)) in rows.iter_mut().zip(y_block.chunks_exact(p)).enumerate() {
@@ -1053,7 +1192,6 @@ impl<T: Real> Kernel for SequentialJob<'_, '_, T> {
                 gate_into::<T, A>(out, y, x, d, z);
             }
         }
-        transpose(&state, n, p, task.last);
     }
 }
 
@@ -1242,27 +1380,64 @@ mod tests {
 
     #[test]
     fn chunked_and_sequential_match_the_formula() {
-        for isa in [Isa::Scalar, Isa::Avx512] {
-            simd::force_isa(Some(isa));
-            for (batch, len, heads, p, n, groups) in [
-                (1, 1, 1, 1, 1, 1),
-                (2, 13, 4, 3, 5, 2),
-                (1, 70, 3, 17, 9, 3),
-                (2, 9, 2, 8, 16, 1),
-            ] {
-                let case = Case::new(batch, len, heads, p, n, groups);
-                let (want_out, want_last) = case.naive();
-                let (out, last) = run(ssd_scan_sequential, &case, 1);
-                assert_close(&out, &want_out, "sequential out");
-                assert_close(&last, &want_last, "sequential state");
-                for chunk in [1, 3, 4, 16, 64, 1000] {
-                    let (out, last) = run(ssd_scan, &case, chunk);
-                    assert_close(&out, &want_out, "chunked out");
-                    assert_close(&last, &want_last, "chunked state");
-                }
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            simd::with_isa(isa, || check_every_chunk_size(isa));
+        }
+    }
+
+    fn check_every_chunk_size(isa: Isa) {
+        for (batch, len, heads, p, n, groups) in [
+            (1, 1, 1, 1, 1, 1),
+            (2, 13, 4, 3, 5, 2),
+            (1, 70, 3, 17, 9, 3),
+            (2, 9, 2, 8, 16, 1),
+        ] {
+            let case = Case::new(batch, len, heads, p, n, groups);
+            let (want_out, want_last) = case.naive();
+            let (out, last) = run(ssd_scan_sequential, &case, 1);
+            assert_close(&out, &want_out, &format!("{isa:?} sequential out"));
+            assert_close(&last, &want_last, &format!("{isa:?} sequential state"));
+            for chunk in [1, 3, 4, 16, 64, 1000] {
+                let (out, last) = run(ssd_scan, &case, chunk);
+                assert_close(&out, &want_out, &format!("{isa:?} chunked out"));
+                assert_close(&last, &want_last, &format!("{isa:?} chunked state"));
             }
         }
-        simd::force_isa(None);
+    }
+
+    #[test]
+    fn windows_change_no_bit() {
+        // Chunks of 64 with 64 states and 2 groups: a window holds 62 chunks, so 6000 steps
+        // take two windows (and the sequential kernel two of its own).
+        let case = Case::new(1, 6000, 2, 2, 64, 2);
+        let dims = SsdDims {
+            chunk_size: 64,
+            ..case.dims
+        };
+        let plan = ChunkPlan::new(&dims);
+        assert_eq!(plan.windows(&dims).len(), 2);
+        let (want_out, want_last) = case.naive();
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            for scan in [ssd_scan as Scan, ssd_scan_sequential] {
+                let (out, last) = simd::with_isa(isa, || run(scan, &case, 64));
+                assert_close(&out, &want_out, &format!("{isa:?} out"));
+                assert_close(&last, &want_last, &format!("{isa:?} state"));
+            }
+        }
+    }
+
+    #[test]
+    fn windows_cover_the_sequence() {
+        for (len, q, per) in [(1, 1, 1), (10, 3, 2), (4096, 32, 128), (4097, 32, 128)] {
+            let all = windows(len, q, per);
+            let mut next = (0, 0);
+            for w in &all {
+                assert_eq!((w.t0, w.first_chunk), next);
+                assert!(w.chunks <= per && w.len <= w.chunks * q && w.len > 0);
+                next = (w.t0 + w.len, w.first_chunk + w.chunks);
+            }
+            assert_eq!(next, (len, len.div_ceil(q)));
+        }
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //! [`Arch`]. [`dispatch`] calls it from a function compiled with the target features of the
 //! best instruction set the CPU has (AVX-512, AVX2 + FMA, or the portable baseline), so the same
 //! source is auto-vectorised for each. `SEQKERN_SIMD=scalar` (or [`force_isa`]) forces the
-//! portable path, which is also what other architectures run.
+//! portable path, which is also what other architectures run; `SEQKERN_SIMD=avx2` forces AVX2
+//! on an AVX-512 CPU. [`with_isa`] chooses the ISA for the calls made on one thread only (tests
+//! compare the paths with it side by side without touching the process-wide choice).
 
 pub mod math;
 
 pub use math::Real;
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// An instruction-set level a kernel can be compiled for.
@@ -83,36 +86,75 @@ pub fn detected_isa() -> Isa {
 
 static CHOSEN: AtomicU8 = AtomicU8::new(0);
 static PORTABLE_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// What `SEQKERN_SIMD` or [`force_isa`] asked for (an [`Isa`] code), 0 for the default.
+static REQUESTED: AtomicU8 = AtomicU8::new(0);
 
-/// The ISA kernels use now: the detected one, unless `SEQKERN_SIMD` or [`force_isa`] chose a
-/// lower one.
+thread_local! {
+    /// The ISA [`with_isa`] set for calls made on this thread.
+    static LOCAL: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The ISA kernels use now: the one [`with_isa`] set on this thread, else the detected one,
+/// unless `SEQKERN_SIMD` or [`force_isa`] chose a lower one. Kernels read it once, on the
+/// calling thread, and pass it to their workers.
 pub fn isa() -> Isa {
+    if let Some(local) = LOCAL.get() {
+        return clamp_to_cpu(local);
+    }
     if let Some(isa) = Isa::from_code(CHOSEN.load(Ordering::Relaxed)) {
         return isa;
     }
     let requested = std::env::var("SEQKERN_SIMD")
         .ok()
         .and_then(|v| Isa::from_name(&v));
-    let chosen = clamp_to_cpu(requested.unwrap_or_else(detected_isa));
-    PORTABLE_REQUESTED.store(requested == Some(Isa::Scalar), Ordering::Relaxed);
-    CHOSEN.store(chosen.code(), Ordering::Relaxed);
-    chosen
+    store_choice(requested)
 }
 
 /// Makes kernels use `isa` (clamped to what the CPU supports); `None` restores the default.
 /// Returns the ISA now in use.
 pub fn force_isa(isa: Option<Isa>) -> Isa {
-    let chosen = clamp_to_cpu(isa.unwrap_or_else(detected_isa));
-    PORTABLE_REQUESTED.store(isa == Some(Isa::Scalar), Ordering::Relaxed);
+    store_choice(isa)
+}
+
+fn store_choice(requested: Option<Isa>) -> Isa {
+    let chosen = clamp_to_cpu(requested.unwrap_or_else(detected_isa));
+    PORTABLE_REQUESTED.store(requested == Some(Isa::Scalar), Ordering::Relaxed);
+    REQUESTED.store(requested.map_or(0, Isa::code), Ordering::Relaxed);
     CHOSEN.store(chosen.code(), Ordering::Relaxed);
     chosen
 }
 
-/// Whether the portable path was asked for (`SEQKERN_SIMD=scalar` or
-/// `force_isa(Some(Isa::Scalar))`) rather than being the best this CPU offers. Kernels with
-/// paths outside [`Isa`] (NEON dot products on aarch64) check it to honour the same switch.
+/// What `SEQKERN_SIMD` or [`force_isa`] asked for (before clamping to the CPU); `None` when
+/// the default (the best the CPU has) is in use. Restoring it with [`force_isa`] restores the
+/// choice exactly.
+pub fn requested_isa() -> Option<Isa> {
+    isa();
+    Isa::from_code(REQUESTED.load(Ordering::Relaxed))
+}
+
+/// Runs `f` with the kernels it calls on this thread using `isa` (clamped to the CPU), whatever
+/// the process-wide choice; other threads are not affected. Restores the previous override
+/// afterwards, also when `f` panics.
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LOCAL.set(self.0);
+        }
+    }
+    let _restore = Restore(LOCAL.replace(Some(isa)));
+    f()
+}
+
+/// Whether the portable path was asked for (`SEQKERN_SIMD=scalar`,
+/// `force_isa(Some(Isa::Scalar))` or `with_isa(Isa::Scalar, ..)`) rather than being the best
+/// this CPU offers. Kernels with paths outside [`Isa`] (NEON dot products on aarch64) check it
+/// to honour the same switch.
 pub fn portable_requested() -> bool {
-    isa() == Isa::Scalar && PORTABLE_REQUESTED.load(Ordering::Relaxed)
+    match LOCAL.get() {
+        Some(local) => local == Isa::Scalar,
+        None => isa() == Isa::Scalar && PORTABLE_REQUESTED.load(Ordering::Relaxed),
+    }
 }
 
 fn clamp_to_cpu(wanted: Isa) -> Isa {
@@ -195,5 +237,37 @@ pub fn dispatch_on<K: Kernel>(isa: Isa, kernel: K) -> K::Output {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { run_avx2(kernel) },
         _ => kernel.run::<ScalarArch>(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_isa_is_per_thread_and_restored() {
+        let outside = isa();
+        with_isa(Isa::Scalar, || {
+            assert_eq!(isa(), Isa::Scalar);
+            assert!(portable_requested());
+            // Another thread keeps the process-wide choice.
+            assert_eq!(std::thread::spawn(isa).join().unwrap(), outside);
+            with_isa(Isa::Avx2, || assert_eq!(isa(), clamp_to_cpu(Isa::Avx2)));
+            assert_eq!(isa(), Isa::Scalar);
+        });
+        assert_eq!(isa(), outside);
+        let caught = std::panic::catch_unwind(|| with_isa(Isa::Scalar, || panic!("inside")));
+        assert!(caught.is_err());
+        assert_eq!(isa(), outside);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            assert_eq!(Isa::from_name(isa.name()), Some(isa));
+            assert_eq!(Isa::from_code(isa.code()), Some(isa));
+        }
+        assert_eq!(Isa::from_name(" AVX2 "), Some(Isa::Avx2));
+        assert_eq!(Isa::from_name("sse"), None);
     }
 }

@@ -409,7 +409,7 @@ mod tests {
                 .collect();
             let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
             for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
-                simd::force_isa(Some(isa));
+                let _guard = IsaGuard::new(isa);
                 let mut out = vec![0.0f64; m * n];
                 int8_matmul(&x, m, &codes, &scales, n, k, &mut out).unwrap();
                 let mut out32 = vec![0.0f32; m * n];
@@ -427,9 +427,11 @@ mod tests {
                     );
                 }
             }
-            simd::force_isa(None);
         }
     }
+
+    /// Sets this thread's ISA for the rest of a scope.
+    struct IsaGuard(Option<Isa>);
 
     #[test]
     fn bad_lengths_are_errors() {

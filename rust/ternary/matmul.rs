@@ -268,13 +268,13 @@ mod tests {
                 let packed = pack(&trits, n, k, format).unwrap();
                 let weight = PackedMatrix::new(&packed, n, k, format).unwrap();
                 for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
-                    simd::force_isa(Some(isa));
-                    paths.insert(KernelPath::current().name());
-                    let mut out = vec![0i32; m * n];
-                    ternary_matmul_int(&q, m, &weight, &mut out).unwrap();
-                    assert_eq!(out, expected, "{format:?} {isa:?} m={m} n={n} k={k}");
+                    simd::with_isa(isa, || {
+                        paths.insert(KernelPath::current().name());
+                        let mut out = vec![0i32; m * n];
+                        ternary_matmul_int(&q, m, &weight, &mut out).unwrap();
+                        assert_eq!(out, expected, "{format:?} {isa:?} m={m} n={n} k={k}");
+                    });
                 }
-                simd::force_isa(None);
             }
         }
         // Every path this CPU has was exercised.
@@ -282,6 +282,10 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") {
             assert!(paths.contains("avx2"));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi") {
+            assert!(paths.contains("avx512_vnni"));
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("dotprod") {

@@ -24,6 +24,16 @@ class Spec:
     out_shape: Callable[[Kwargs], Any]
     # Arguments updated in place: they must be writable, C-contiguous ndarrays.
     in_place: tuple[str, ...] = field(default_factory=tuple)
+    # Shape or dtype mutations that keep a call valid, per argument (e.g. a batch axis of any
+    # size): the call must succeed. Every other breaking mutation must raise.
+    accepts: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+# How the builders choose sizes (set by the runner): "random" draws small sizes including 0
+# and 1; "distinct" draws sizes >= 2 that differ from each other, so that a mutated axis can
+# never match another argument's by coincidence; "large" draws distinct sizes big enough for
+# SIMD tails and for the kernels to split work across threads.
+SIZES = {"mode": "random"}
 
 
 def _normal(rng, dtype, *shape):
@@ -31,12 +41,29 @@ def _normal(rng, dtype, *shape):
 
 
 def _sizes(rng):
+    """(batch, dim, state, length)-like sizes in the current SIZES mode."""
+    mode = SIZES["mode"]
+    if mode == "distinct":
+        return tuple(int(v) for v in rng.choice(np.arange(2, 9), 4, replace=False))
+    if mode == "large":
+        dim, state, length = rng.choice(np.arange(17, 40), 3, replace=False)
+        return 2, int(dim), int(state), int(length) * 6
     return (
         int(rng.integers(1, 3)),
         int(rng.integers(1, 9)),
         int(rng.integers(1, 5)),
         int(rng.integers(0, 6)),
     )
+
+
+def _extra_size(rng, low, high):
+    """A further size: above every size of _sizes when sizes must be distinct."""
+    mode = SIZES["mode"]
+    if mode == "distinct":
+        return int(rng.integers(9, 12))
+    if mode == "large":
+        return int(rng.integers(41, 50))
+    return int(rng.integers(low, high))
 
 
 def _scan_args(rng, dtype):
@@ -76,7 +103,7 @@ def _update_args(rng, dtype):
 
 def _update_multihead_args(rng, dtype):
     batch, heads, dstate, _ = _sizes(rng)
-    headdim = int(rng.integers(1, 4))
+    headdim = _extra_size(rng, 1, 4)
     n = lambda *s: _normal(rng, dtype, *s)  # noqa: E731
     return dict(
         state=n(batch, heads, headdim, dstate),
@@ -216,7 +243,14 @@ SPECS: list[Spec] = [
         lambda a: a["x"].shape,
         in_place=("state",),
     ),
-    Spec("causal_attention", attention.causal_attention, _attention_args, lambda a: a["q"].shape),
+    Spec(
+        "causal_attention",
+        attention.causal_attention,
+        _attention_args,
+        lambda a: a["q"].shape,
+        # v's head size may differ from q's and k's.
+        accepts={"v": frozenset({"grow_axis:3", "zero_axis:3"})},
+    ),
     Spec("wkv4", rwkv.wkv4, _wkv4_args, _y_and_state),
     Spec("wkv5", rwkv.wkv5, _wkv_bonus_args(per_token=False), _y_and_state),
     Spec("wkv6", rwkv.wkv6, _wkv_bonus_args(per_token=True), _y_and_state),
@@ -226,30 +260,47 @@ SPECS: list[Spec] = [
         ternary.bitlinear,
         _bitlinear_args,
         lambda a: a["x"].shape[:-1] + (a["weight"].out_features,),
+        accepts={"x": frozenset({"grow_axis:0", "zero_axis:0"})},  # any number of tokens
     ),
     Spec(
         "ternary_matmul_int",
         ternary.ternary_matmul_int,
         _matmul_int_args,
         lambda a: a["q"].shape[:-1] + (a["weight"].out_features,),
+        accepts={"q": frozenset({"grow_axis:0", "zero_axis:0"})},
+    ),
+    Spec(
+        "quantize_weights",
+        ternary.quantize_weights,
+        _quantize_weights_args,
+        lambda a: a["W"].shape,
+        # Any non-empty float matrix.
+        accepts={"W": frozenset({"other_float", "grow_axis"})},
     ),
     Spec(
         "quantize_activations",
         ternary.quantize_activations,
         _quantize_activations_args,
         lambda a: (a["x"].shape, a["x"].shape[:-1] + (1,)),
+        # Any float array of rank >= 1, empty or not.
+        accepts={
+            "x": frozenset({"other_float", "grow_axis", "zero_axis", "drop_axis", "add_axis"})
+        },
     ),
     Spec(
         "TernaryWeight.from_codes",
         ternary.TernaryWeight.from_codes,
         _from_codes_args,
         lambda a: a["codes"].shape,
+        # Any non-empty integer matrix with values in {-1, 0, 1}.
+        accepts={"codes": frozenset({"dtype:int32", "dtype:int64", "grow_axis"})},
     ),
     Spec(
         "TernaryWeight.from_hf_packed",
         ternary.TernaryWeight.from_hf_packed,
         _from_hf_packed_args,
         lambda a: (4 * a["packed"].shape[0], a["packed"].shape[1]),
+        accepts={"packed": frozenset({"grow_axis"})},
     ),
 ]
 
@@ -260,7 +311,7 @@ SPECS: list[Spec] = [
 def _ssd_args(chunked):
     def build(rng, dtype):
         batch, heads, dstate, length = _sizes(rng)
-        headdim, groups = int(rng.integers(1, 4)), 1 if heads % 2 else 2
+        headdim, groups = _extra_size(rng, 1, 4), 1 if heads % 2 else 2
         n = lambda *s: _normal(rng, dtype, *s)  # noqa: E731
         args = dict(
             x=n(batch, length, heads, headdim),
@@ -298,10 +349,12 @@ def _conv_args(rng, dtype):
 def _conv_update_args(tokens):
     def build(rng, dtype):
         batch, dim, width, length = _sizes(rng)
+        random = SIZES["mode"] == "random"
         n = lambda *s: _normal(rng, dtype, *s)  # noqa: E731
         return dict(
             x=n(batch, dim, length + 1) if tokens else n(batch, dim),
-            conv_state=n(batch, dim, width - 1 + int(rng.integers(0, 3))),
+            # Longer than width - 1 unless sizes are random: a grown weight then still fits.
+            conv_state=n(batch, dim, width + int(rng.integers(-1 if random else 0, 2))),
             weight=n(dim, width),
             bias=n(dim),
             activation="silu",
@@ -316,13 +369,26 @@ def _ssd_shapes(a):
 
 
 SPECS += [
-    Spec("ssd_scan", mamba.ssd_scan, _ssd_args(chunked=True), _ssd_shapes),
-    Spec("ssd_scan_sequential", mamba.ssd_scan_sequential, _ssd_args(chunked=False), _ssd_shapes),
+    Spec(
+        "ssd_scan",
+        mamba.ssd_scan,
+        _ssd_args(chunked=True),
+        _ssd_shapes,
+        accepts={"D": frozenset({"drop_axis"})},  # D per head instead of per channel
+    ),
+    Spec(
+        "ssd_scan_sequential",
+        mamba.ssd_scan_sequential,
+        _ssd_args(chunked=False),
+        _ssd_shapes,
+        accepts={"D": frozenset({"drop_axis"})},
+    ),
     Spec(
         "causal_conv1d",
         mamba.causal_conv1d,
         _conv_args,
         lambda a: (a["x"].shape, a["initial_states"].shape),
+        accepts={"x": frozenset({"grow_axis:2", "zero_axis:2"})},  # any length
     ),
     Spec(
         "causal_conv1d_update",
@@ -330,6 +396,13 @@ SPECS += [
         _conv_update_args(tokens=False),
         lambda a: a["x"].shape,
         in_place=("conv_state",),
+        # x (batch, dim, 1) is one token; the state may be longer than width - 1, so a wider
+        # kernel still fits.
+        accepts={
+            "x": frozenset({"add_axis"}),
+            "conv_state": frozenset({"grow_axis:2"}),
+            "weight": frozenset({"grow_axis:1"}),
+        },
     ),
     Spec(
         "causal_conv1d_update[tokens]",
@@ -337,5 +410,11 @@ SPECS += [
         _conv_update_args(tokens=True),
         lambda a: a["x"].shape,
         in_place=("conv_state",),
+        # Any number of tokens, or one as (batch, dim).
+        accepts={
+            "x": frozenset({"grow_axis:2", "zero_axis:2", "drop_axis"}),
+            "conv_state": frozenset({"grow_axis:2"}),
+            "weight": frozenset({"grow_axis:1"}),
+        },
     ),
 ]
