@@ -409,29 +409,25 @@ mod tests {
                 .collect();
             let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
             for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
-                let _guard = IsaGuard::new(isa);
-                let mut out = vec![0.0f64; m * n];
-                int8_matmul(&x, m, &codes, &scales, n, k, &mut out).unwrap();
-                let mut out32 = vec![0.0f32; m * n];
-                int8_matmul(&x32, m, &codes, &scales, n, k, &mut out32).unwrap();
-                for ((&g, &g32), &w) in out.iter().zip(&out32).zip(&want) {
-                    // |terms| <= 127 * 1.1 each: f64 sums are within 1e-10, f32 within 1e-6 * 127 K.
-                    assert!(
-                        (g - w).abs() <= 1e-10 * k as f64,
-                        "{isa:?} {m} {n} {k}: {g} vs {w}"
-                    );
-                    let tol = 1e-6 * 140.0 * k as f64;
-                    assert!(
-                        (f64::from(g32) - w).abs() <= tol,
-                        "{isa:?} f32: {g32} vs {w}"
-                    );
-                }
+                simd::with_isa(isa, || {
+                    let mut out = vec![0.0f64; m * n];
+                    int8_matmul(&x, m, &codes, &scales, n, k, &mut out).unwrap();
+                    let mut out32 = vec![0.0f32; m * n];
+                    int8_matmul(&x32, m, &codes, &scales, n, k, &mut out32).unwrap();
+                    for ((&g, &g32), &w) in out.iter().zip(&out32).zip(&want) {
+                        // |terms| <= 127 * 1.1: f64 sums within 1e-10 K, f32 within 1e-6 * 140 K.
+                        let tol = 1e-10 * k as f64;
+                        assert!((g - w).abs() <= tol, "{isa:?} {m} {n} {k}: {g} vs {w}");
+                        let tol = 1e-6 * 140.0 * k as f64;
+                        assert!(
+                            (f64::from(g32) - w).abs() <= tol,
+                            "{isa:?} f32: {g32} vs {w}"
+                        );
+                    }
+                });
             }
         }
     }
-
-    /// Sets this thread's ISA for the rest of a scope.
-    struct IsaGuard(Option<Isa>);
 
     #[test]
     fn bad_lengths_are_errors() {
