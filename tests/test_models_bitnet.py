@@ -156,14 +156,17 @@ def test_one_dimensional_ids_are_batch_one(model64, rng):
 
 def test_float32_within_tolerance_of_float64(folder, model64, rng):
     """float32 rounding can move an activation across an int8 rounding boundary, which changes
-    a product by one step of that token's scale: measured worst ~2e-4 of the logits' scale on
-    these models; 3e-3 leaves room and is still far below a wrong formula's effect."""
+    that product by one step of the token's scale. Most logits agree to float32 rounding
+    (median ~2e-7 of the logits' scale); the rare flips reach ~1e-2 (worst 9.4e-3 measured over
+    40 prompts on these models): the median is held to 1e-5 and the worst to 3e-2."""
     model32 = models.load(folder, dtype=np.float32)
     ids = _ids(rng, 2, 24)
     logits32, logits64 = model32(ids), model64(ids)
     assert logits32.dtype == np.float32
     scale = np.max(np.abs(logits64))
-    np.testing.assert_allclose(logits32, logits64, rtol=0, atol=3e-3 * scale)
+    error = np.abs(logits32 - logits64) / scale
+    assert np.median(error) < 1e-5
+    assert error.max() < 3e-2
 
 
 @pytest.mark.parametrize("stored", ["F16", "BF16"])
@@ -303,8 +306,9 @@ def int8_model(packed_folder):
 
 def test_int8_head_keeps_greedy_tokens_and_logits_close(packed_folder, int8_model, rng):
     """The head's weights are off by at most half a step of their row's scale, so a logit moves
-    by at most sum_k |h_k| scale_n / 2 (h the final normed state): measured ~3e-3 of the
-    logits' scale here; 2e-2 is the stated bound. Greedy generation is unchanged."""
+    by at most sum_k |h_k| scale_n / 2 (h the final normed state): measured worst 7.6e-3 of
+    the logits' scale over 20 prompts here; 2e-2 is the stated bound. Greedy generation is
+    unchanged."""
     float_model = models.load(packed_folder)
     assert isinstance(int8_model.lm_head_int8, ternary.Int8Weight)
     assert int8_model.lm_head_int8.nbytes < float_model.lm_head.nbytes / 3.5
