@@ -376,3 +376,18 @@ def test_bad_configs_and_options(tmp_path, tensors, float_folder):
         models.load(testing.write_folder(tmp_path / "yarn", scaled, tensors))
     with pytest.raises(ValueError, match="head: expected one of"):
         models.load(float_folder, head="int4")
+
+
+def test_int8_head_is_refused_for_other_architectures(tmp_path):
+    config = dict(
+        model_type="mamba",
+        vocab_size=11,
+        hidden_size=8,
+        num_hidden_layers=1,
+        state_size=2,
+        expand=2,
+        conv_kernel=2,
+    )
+    folder = testing.write_folder(tmp_path, config, testing.random_tensors(config))
+    with pytest.raises(ValueError, match="head: 'int8' is supported for model_type bitnet"):
+        models.load(folder, head="int8")
