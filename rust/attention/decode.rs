@@ -25,6 +25,7 @@
 
 use super::{micro_gemm, Inputs, Strided, KEY_BLOCK};
 use crate::parallel;
+use crate::rwkv::prefetch;
 use crate::simd::{self, Arch, Kernel, Real};
 
 /// Keys per split (a multiple of [`KEY_BLOCK`]): with 5 key/value heads a 512-key cache
@@ -177,11 +178,19 @@ impl<T: Real> SplitJob<'_, '_, '_, T> {
             s.fill(T::ZERO);
             return;
         }
-        for (q, s) in q
+        let v = self.inputs.v.rows_from(self.b, self.kv_head, first);
+        let (v_stride, dv) = (self.inputs.v.row_stride, self.inputs.dims.dim_v);
+        for (group, (q, s)) in q
             .chunks_exact(ROWS * d)
             .zip(s.chunks_exact_mut(ROWS * KEY_BLOCK))
+            .enumerate()
         {
             for j in 0..n {
+                if group == 0 {
+                    // The values of these keys are read next, column block by column block
+                    // (a stride the hardware prefetchers follow poorly): start loading them.
+                    prefetch(&v[j * v_stride..j * v_stride + dv]);
+                }
                 let dots = dot_rows::<T, A>(q, &k[j * stride..][..d]);
                 for (r, &x) in dots.iter().enumerate() {
                     s[r * KEY_BLOCK + j] = x;
