@@ -214,13 +214,20 @@ class BitNetLM(CausalLM):
         head = self.lm_head_int8
         return ternary_ref.int8_matmul(x, head.codes, head.scales)
 
-    def _rope(self, x: np.ndarray, start: int) -> np.ndarray:
-        """Rotate-half RoPE of x (B, H, T, D) at positions start .. start + T - 1."""
-        d, t = self.head_dim, x.shape[2]
+    def _rope_tables(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin (length, head_dim / 2) of the angles p theta^(-2j / head_dim) at
+        positions p = start .. start + length - 1 (computed in float64, then the model dtype)."""
+        d = self.head_dim
         inv_freq = 1.0 / self.theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
-        angles = np.arange(start, start + t, dtype=np.float64)[:, None] * inv_freq
-        cos, sin = np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype)
-        first, second = x[..., : d // 2], x[..., d // 2 :]
+        angles = np.arange(start, start + length, dtype=np.float64)[:, None] * inv_freq
+        return np.cos(angles).astype(self.dtype), np.sin(angles).astype(self.dtype)
+
+    def _rope(self, x: np.ndarray, start: int, tables=None) -> np.ndarray:
+        """Rotate-half RoPE of x (B, H, T, D) at positions start .. start + T - 1:
+        (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+        cos, sin = self._rope_tables(start, x.shape[2]) if tables is None else tables
+        half = self.head_dim // 2
+        first, second = x[..., :half], x[..., half:]
         return np.concatenate((first * cos - second * sin, second * cos + first * sin), axis=-1)
 
     def _reserve(self, cache: Cache, length: int) -> None:
@@ -236,7 +243,7 @@ class BitNetLM(CausalLM):
             grown[:, :, :, : cache.seq_len] = old[:, :, :, : cache.seq_len]
             cache.arrays[name] = grown
 
-    def _attention(self, layer: _Layer, i: int, x: np.ndarray, cache: Cache) -> np.ndarray:
+    def _attention(self, layer: _Layer, i: int, x: np.ndarray, cache: Cache, rope) -> np.ndarray:
         b, t, _ = x.shape
         d, start = self.head_dim, cache.seq_len
         n = rms_norm(x, layer.input_norm, self.eps)
@@ -244,8 +251,8 @@ class BitNetLM(CausalLM):
             self._bitlinear(n, layer.proj[name], layer.bias[name]).reshape(b, t, -1, d)
             for name in ("q_proj", "k_proj", "v_proj")
         )
-        q = self._rope(q.transpose(0, 2, 1, 3), start)
-        k = self._rope(k.transpose(0, 2, 1, 3), start)
+        q = self._rope(q.transpose(0, 2, 1, 3), start, rope)
+        k = self._rope(k.transpose(0, 2, 1, 3), start, rope)
         keys, values = cache["k"][i], cache["v"][i]
         keys[:, :, start : start + t] = k
         values[:, :, start : start + t] = v.transpose(0, 2, 1, 3)
@@ -266,8 +273,9 @@ class BitNetLM(CausalLM):
     def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         self._reserve(cache, cache.seq_len + ids.shape[1])
         x = self.embedding[ids]
+        rope = self._rope_tables(cache.seq_len, ids.shape[1])
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(layer, i, x, cache)
+            x = x + self._attention(layer, i, x, cache, rope)
             x = x + self._mlp(layer, x)
         return self._logits(rms_norm(x, self.norm, self.eps))
 
