@@ -30,7 +30,17 @@ FLOAT = dict(
     tie_word_embeddings=True,
     quantization_config=dict(quant_method="bitnet", quantization_mode="online"),
 )
-PACKED = dict(FLOAT, quantization_config=dict(quant_method="bitnet", quantization_mode="offline"))
+# As microsoft/bitnet-b1.58-2B-4T declares it: AutoBitLinear multiplies by weight_scale.
+PACKED = dict(
+    FLOAT,
+    quantization_config=dict(
+        quant_method="bitnet", linear_class="autobitlinear", quantization_mode="offline"
+    ),
+)
+# transformers' default BitLinear divides by weight_scale.
+PACKED_DIVIDING = dict(
+    FLOAT, quantization_config=dict(quant_method="bitnet", quantization_mode="offline")
+)
 VOCAB = FLOAT["vocab_size"]
 PROJECTIONS = [n for n in bitnet.PROJECTIONS]
 
@@ -43,15 +53,16 @@ def float_tensors(config: dict = FLOAT, seed: int = 0) -> dict[str, np.ndarray]:
     return testing.random_tensors(dict(config, quantization_config=None), seed=seed)
 
 
-def packed_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def packed_tensors(tensors: dict[str, np.ndarray], dividing: bool = False):
     """The released layout of the same model: every projection quantized (absmean) and packed
-    as uint8 (out / 4, in) with weight_scale = 1 / gamma."""
+    as uint8 (out / 4, in) with weight_scale = gamma (AutoBitLinear) or 1 / gamma (BitLinear)."""
     out = {}
     for key, value in tensors.items():
         if any(f".{name}.weight" in key for name in PROJECTIONS):
             weight = ternary.quantize_weights(value)
             out[key] = bitnet.pack_hf(weight.codes())
-            out[key + "_scale"] = np.array([1.0 / weight.gamma], np.float32)
+            scale = 1.0 / weight.gamma if dividing else weight.gamma
+            out[key + "_scale"] = np.array([scale], np.float32)
         else:
             out[key] = value
     return out
@@ -111,6 +122,20 @@ def test_packed_folder_equals_the_float_folder_it_came_from(packed_folder, float
     logits = floats(ids)
     scale = np.abs(logits).max()
     np.testing.assert_allclose(packed(ids), logits, rtol=0, atol=1e-5 * scale)
+
+
+def test_weight_scale_follows_the_linear_class(tmp_path, tensors, float_folder, rng):
+    """AutoBitLinear (the released config) multiplies by weight_scale, BitLinear divides: both
+    packed folders hold the same model."""
+    folder = testing.write_folder(tmp_path, PACKED_DIVIDING, packed_tensors(tensors, dividing=True))
+    dividing = models.load(folder, dtype=np.float64)
+    floats = models.load(float_folder, dtype=np.float64)
+    for a, b in zip(dividing.layers, floats.layers):
+        for name in PROJECTIONS:
+            assert a.proj[name].gamma == pytest.approx(b.proj[name].gamma, rel=1e-6)
+    ids = _ids(rng, 1, 6)
+    scale = np.abs(floats(ids)).max()
+    np.testing.assert_allclose(dividing(ids), floats(ids), rtol=0, atol=1e-5 * scale)
 
 
 def test_packed_weights_are_never_unpacked_to_floats(packed_folder):
@@ -376,6 +401,9 @@ def test_bad_configs_and_options(tmp_path, tensors, float_folder):
         models.load(testing.write_folder(tmp_path / "yarn", scaled, tensors))
     with pytest.raises(ValueError, match="head: expected one of"):
         models.load(float_folder, head="int4")
+    odd = dict(PACKED, quantization_config=dict(PACKED["quantization_config"], linear_class="x"))
+    with pytest.raises(ValueError, match="linear_class: expected 'bitlinear' or 'autobitlinear'"):
+        models.load(testing.write_folder(tmp_path / "class", odd, tensors))
 
 
 def test_int8_head_is_refused_for_other_architectures(tmp_path):

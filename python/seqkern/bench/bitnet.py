@@ -54,7 +54,7 @@ FULL_LAYERS = 30
 
 def build(layers: int, seed: int = 0) -> bitnet.BitNetLM:
     """The model with ``layers`` layers: random packed ternary projections (codes uniform in
-    {-1, 0, 1}, weight_scale 4), random float32 norms and embedding."""
+    {-1, 0, 1}, weight_scale 0.25), random float32 norms and embedding."""
     rng = np.random.default_rng(seed)
     config = dict(CONFIG, num_hidden_layers=layers)
     checkpoint = RandomCheckpoint(seed)
@@ -74,7 +74,7 @@ def build(layers: int, seed: int = 0) -> bitnet.BitNetLM:
             fields = rng.integers(0, 3, (4, n // 4, k), dtype=np.uint8)
             packed = fields[0] | (fields[1] << 2) | (fields[2] << 4) | (fields[3] << 6)
             checkpoint.tensors[key] = packed
-            checkpoint.tensors[key + "_scale"] = np.array([4.0], np.float32)
+            checkpoint.tensors[key + "_scale"] = np.array([0.25], np.float32)
     return _from_checkpoint(config, checkpoint, np.float32, "seqkern")
 
 

@@ -15,8 +15,11 @@ by ternary codes with one per-tensor scale: ``y = (q @ t.T) * gamma / scale``
 ``quantization_config.quantization_mode``:
 
 - "offline" (the released packed files): each projection is uint8 (out / 4, in), original row
-  i * out/4 + r in bits 2i..2i+1 of packed row r as code + 1, plus ``weight_scale`` (1,) with
-  W = codes / weight_scale. They become :class:`~seqkern.ternary.TernaryWeight` directly.
+  i * out/4 + r in bits 2i..2i+1 of packed row r as code + 1, plus ``weight_scale`` (1,).
+  They become :class:`~seqkern.ternary.TernaryWeight` directly. The scale's meaning follows
+  ``quantization_config.linear_class`` as transformers applies it: "autobitlinear" (the
+  released bitnet-b1.58-2B-4T) multiplies the output by it (W = codes * weight_scale),
+  "bitlinear" (the default) divides by it (W = codes / weight_scale).
 - anything else ("online", or the -bf16 master weights): float weights, quantized at load by
   absmean (BitNet's ``weight_quant``), exactly as transformers quantizes them on every call.
 
@@ -116,6 +119,14 @@ class BitNetLM(CausalLM):
             raise ValueError(f"config hidden_act: expected 'relu2', got {act!r}")
         quant = config.get("quantization_config") or {}
         self.packed = quant.get("quantization_mode") == "offline"
+        self.linear_class = quant.get("linear_class", "bitlinear")
+        if self.linear_class not in ("bitlinear", "autobitlinear"):
+            raise ValueError(
+                "config quantization_config.linear_class: expected 'bitlinear' or "
+                f"'autobitlinear', got {self.linear_class!r}"
+            )
+        if quant.get("use_rms_norm"):
+            raise ValueError("config quantization_config.use_rms_norm: true is not supported")
         vocab = int(config["vocab_size"])
         layers = int(config["num_hidden_layers"])
         self.embedding = weights("model.embed_tokens.weight", vocab, hidden)
@@ -153,6 +164,10 @@ class BitNetLM(CausalLM):
         scale = w.checkpoint.get(key + "_scale", None, np.dtype(np.float64))
         if scale.size != 1:
             raise ValueError(f"tensor {key + '_scale'!r}: expected one value, got {scale.shape}")
+        if self.linear_class == "autobitlinear":
+            # transformers' AutoBitLinear multiplies by weight_scale; from_hf_packed takes the
+            # divisor of BitLinear's convention.
+            scale = 1.0 / scale
         try:
             return ternary.TernaryWeight.from_hf_packed(packed, scale)
         except ValueError as error:
