@@ -2,9 +2,9 @@
 
 ``load(path)`` reads a transformers model folder (config.json + model.safetensors, or shards
 with model.safetensors.index.json) and returns a :class:`CausalLM`. The sequence mixers and
-convs (BitNet: the ternary projections and the attention) run in seqkern, the float linear layers through NumPy's BLAS, everything else in
-vectorised NumPy. Needs the ``models`` extra (``pip install 'seqkern[models]'``: safetensors,
-and tokenizers for text).
+convs (BitNet: the ternary projections and the attention) run in seqkern, the float linear
+layers through NumPy's BLAS, everything else in vectorised NumPy. Needs the ``models`` extra
+(``pip install 'seqkern[models]'``: safetensors, and tokenizers for text).
 
 Example::
 
