@@ -188,8 +188,13 @@ impl<T: Real> SplitJob<'_, '_, '_, T> {
             for j in 0..n {
                 if group == 0 {
                     // The values of these keys are read next, column block by column block
-                    // (a stride the hardware prefetchers follow poorly): start loading them.
+                    // (a stride the hardware prefetchers follow poorly): start loading them,
+                    // and the keys of the next block.
                     prefetch(&v[j * v_stride..j * v_stride + dv]);
+                    let ahead = (j + KEY_BLOCK) * stride;
+                    if ahead + d <= k.len() {
+                        prefetch(&k[ahead..ahead + d]);
+                    }
                 }
                 let dots = dot_rows::<T, A>(q, &k[j * stride..][..d]);
                 for (r, &x) in dots.iter().enumerate() {
@@ -288,26 +293,32 @@ fn dot_rows<T: Real, A: Arch>(q: &[T], key: &[T]) -> [T; ROWS] {
     std::array::from_fn(|r| dot::<T, A>(&q[r * d..(r + 1) * d], key))
 }
 
-/// `sum_x a_x b_x` over [`LANES`] independent accumulators (summed pairwise at the end), so
-/// that it vectorises.
+/// `sum_x a_x b_x` over two chains of [`LANES`] independent accumulators (summed pairwise at
+/// the end), so that it vectorises and the FMA latency is hidden.
 #[inline(always)]
 fn dot<T: Real, A: Arch>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
-    let body = n - n % LANES;
-    let mut acc = [T::ZERO; LANES];
+    let body = n - n % (2 * LANES);
+    let (mut even, mut odd) = ([T::ZERO; LANES], [T::ZERO; LANES]);
     for (x, y) in a[..body]
-        .chunks_exact(LANES)
-        .zip(b[..body].chunks_exact(LANES))
+        .chunks_exact(2 * LANES)
+        .zip(b[..body].chunks_exact(2 * LANES))
     {
         for l in 0..LANES {
-            acc[l] = T::fma::<A>(x[l], y[l], acc[l]);
+            even[l] = T::fma::<A>(x[l], y[l], even[l]);
+        }
+        for l in 0..LANES {
+            odd[l] = T::fma::<A>(x[LANES + l], y[LANES + l], odd[l]);
         }
     }
     let mut tail = T::ZERO;
     for (&x, &y) in a[body..n].iter().zip(&b[body..n]) {
         tail = T::fma::<A>(x, y, tail);
     }
-    pairwise_sum(&acc) + tail
+    for l in 0..LANES {
+        even[l] += odd[l];
+    }
+    pairwise_sum(&even) + tail
 }
 
 /// The sum of the lanes of `acc`, halving the width at each step.
