@@ -29,56 +29,184 @@
 //! independent and always cover the same queries, so the result does not depend on the
 //! number of threads.
 
-use crate::error::{check_len, KernelError};
+use crate::error::{check_len, checked_product, KernelError};
 use crate::simd::{self, Arch, Isa, Kernel, Real};
 use rayon::prelude::*;
+
+mod decode;
 
 /// Queries of one task (a multiple of every micro-tile width).
 pub const QUERY_BLOCK: usize = 64;
 /// Keys per tile of a task's inner loop (a multiple of every micro-tile height).
 pub const KEY_BLOCK: usize = 64;
+/// Calls with at most this many queries per head run the decode kernel (split over key
+/// blocks, all query heads of a key/value head together); longer ones the tiled kernel.
+pub const DECODE_MAX_QUERIES: usize = 4;
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionDims {
     /// Batch size.
     pub batch: usize,
-    /// Heads.
+    /// Query heads Hq (a multiple of `kv_heads`).
     pub heads: usize,
-    /// Sequence length L (queries and keys).
-    pub len: usize,
+    /// Key/value heads Hkv: query head h reads key/value head h / (Hq / Hkv).
+    pub kv_heads: usize,
+    /// Queries per head Lq (at most `len_k`).
+    pub len_q: usize,
+    /// Keys (and values) per head Lk. Query i sits at position Lk - Lq + i.
+    pub len_k: usize,
     /// Size of a query or key vector.
     pub dim_qk: usize,
     /// Size of a value vector (and of an output row).
     pub dim_v: usize,
 }
 
-/// Computes causal attention. `q`, `k` are `(batch, heads, L, dim_qk)`, `v` and `out` are
-/// `(batch, heads, L, dim_v)`, all C-contiguous; `out` is overwritten.
+impl AttentionDims {
+    /// The square self-attention of `(batch, heads, len, dim)` inputs (Lq = Lk, Hq = Hkv).
+    pub fn square(batch: usize, heads: usize, len: usize, dim_qk: usize, dim_v: usize) -> Self {
+        AttentionDims {
+            batch,
+            heads,
+            kv_heads: heads,
+            len_q: len,
+            len_k: len,
+            dim_qk,
+            dim_v,
+        }
+    }
+
+    /// Query heads per key/value head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads.max(1)
+    }
+
+    /// Position of query 0: Lk - Lq (the causal mask is aligned bottom-right).
+    pub fn offset(&self) -> usize {
+        self.len_k - self.len_q
+    }
+
+    fn check(&self) -> Result<(), KernelError> {
+        if self.len_q > self.len_k {
+            return Err(KernelError::value(
+                "q",
+                format!(
+                    "expected at most as many queries as keys, got Lq = {} > Lk = {}",
+                    self.len_q, self.len_k
+                ),
+            ));
+        }
+        if self.kv_heads == 0 && self.heads > 0 || !self.heads.is_multiple_of(self.kv_heads.max(1))
+        {
+            return Err(KernelError::value(
+                "k",
+                format!(
+                    "expected key/value heads dividing the {} query heads, got {}",
+                    self.heads, self.kv_heads
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Keys or values of shape `(batch, kv_heads, Lk, width)` read in place: element
+/// `(b, h, j, x)` is `data[b * batch_stride + h * head_stride + j * row_stride + x]`, so a
+/// view of the first Lk rows of a larger preallocated cache is read without a copy.
+#[derive(Clone, Copy, Debug)]
+pub struct KvView<'a, T> {
+    /// The elements, from `(0, 0, 0, 0)` to the last one the shape reaches.
+    pub data: &'a [T],
+    /// Elements between consecutive batch rows.
+    pub batch_stride: usize,
+    /// Elements between consecutive heads.
+    pub head_stride: usize,
+    /// Elements between consecutive positions.
+    pub row_stride: usize,
+}
+
+impl<'a, T> KvView<'a, T> {
+    /// A C-contiguous `(batch, kv_heads, len, width)` array.
+    pub fn contiguous(data: &'a [T], kv_heads: usize, len: usize, width: usize) -> Self {
+        KvView {
+            data,
+            batch_stride: kv_heads * len * width,
+            head_stride: len * width,
+            row_stride: width,
+        }
+    }
+
+    /// Checks that every element of a `(batch, heads, len, width)` view lies in `data`.
+    fn check(&self, name: &'static str, shape: [usize; 4]) -> Result<(), KernelError> {
+        if shape.contains(&0) {
+            return Ok(());
+        }
+        let [batch, heads, len, width] = shape;
+        let span = [
+            (batch - 1, self.batch_stride),
+            (heads - 1, self.head_stride),
+            (len - 1, self.row_stride),
+        ]
+        .iter()
+        .try_fold(width, |acc, &(n, stride)| {
+            n.checked_mul(stride).and_then(|x| x.checked_add(acc))
+        })
+        .ok_or_else(|| KernelError::value(name, format!("strides of {shape:?} overflow")))?;
+        if span <= self.data.len() {
+            Ok(())
+        } else {
+            Err(KernelError::Shape {
+                name,
+                expected: format!(
+                    "{span} elements for shape {shape:?} with strides ({}, {}, {}, 1)",
+                    self.batch_stride, self.head_stride, self.row_stride
+                ),
+                actual: format!("{} elements", self.data.len()),
+            })
+        }
+    }
+
+    /// The rows of key/value head `kv_head` of batch row `b`, from position `first` on.
+    #[inline(always)]
+    fn rows_from(&self, b: usize, kv_head: usize, first: usize) -> &'a [T] {
+        &self.data[b * self.batch_stride + kv_head * self.head_stride + first * self.row_stride..]
+    }
+}
+
+/// Computes causal attention. `q` is `(batch, heads, Lq, dim_qk)` and `out`
+/// `(batch, heads, Lq, dim_v)`, C-contiguous; `k` and `v` are `(batch, kv_heads, Lk, dim_qk)`
+/// and `(batch, kv_heads, Lk, dim_v)` views (see [`KvView`]). `out` is overwritten.
+///
+/// Query i of head h attends to keys `0 ..= Lk - Lq + i` of key/value head
+/// `h / (heads / kv_heads)`. Up to [`DECODE_MAX_QUERIES`] queries per head run the decode
+/// kernel, longer calls the tiled one; both depend on the shapes only, never on the thread
+/// count or the batch size.
 pub fn causal_attention<T: Real>(
     dims: AttentionDims,
     q: &[T],
-    k: &[T],
-    v: &[T],
+    k: KvView<'_, T>,
+    v: KvView<'_, T>,
     scale: T,
     out: &mut [T],
 ) -> Result<(), KernelError> {
     let AttentionDims {
         batch,
         heads,
-        len,
+        kv_heads,
+        len_q,
+        len_k,
         dim_qk,
         dim_v,
     } = dims;
-    check_len("q", q, &[batch, heads, len, dim_qk])?;
-    check_len("k", k, &[batch, heads, len, dim_qk])?;
-    check_len("v", v, &[batch, heads, len, dim_v])?;
-    check_len("out", out, &[batch, heads, len, dim_v])?;
+    dims.check()?;
+    check_len("q", q, &[batch, heads, len_q, dim_qk])?;
+    k.check("k", [batch, kv_heads, len_k, dim_qk])?;
+    v.check("v", [batch, kv_heads, len_k, dim_v])?;
+    check_len("out", out, &[batch, heads, len_q, dim_v])?;
+    checked_product("k", &[batch, kv_heads, len_k, dim_qk.max(dim_v)])?;
     if out.is_empty() {
         return Ok(());
     }
-    let isa = simd::isa();
-    let tile = MicroTile::choose::<T>(isa);
     let inputs = Inputs {
         q,
         k,
@@ -86,11 +214,24 @@ pub fn causal_attention<T: Real>(
         scale,
         dims,
     };
-    out.par_chunks_mut(len * dim_v)
+    if len_q <= DECODE_MAX_QUERIES {
+        decode::attend(inputs, out);
+    } else {
+        tiled(inputs, out);
+    }
+    Ok(())
+}
+
+/// The tiled kernel: one task per block of [`QUERY_BLOCK`] queries of one head.
+fn tiled<T: Real>(inputs: Inputs<'_, T>, out: &mut [T]) {
+    let dims = inputs.dims;
+    let isa = simd::isa();
+    let tile = MicroTile::choose::<T>(isa);
+    out.par_chunks_mut(dims.len_q * dims.dim_v)
         .enumerate()
         .for_each(|(head, head_out)| {
             head_out
-                .par_chunks_mut(QUERY_BLOCK * dim_v)
+                .par_chunks_mut(QUERY_BLOCK * dims.dim_v)
                 .enumerate()
                 .for_each_init(
                     || Scratch::new(dims, tile),
@@ -107,7 +248,6 @@ pub fn causal_attention<T: Real>(
                     },
                 );
         });
-    Ok(())
 }
 
 /// The register tile of the micro-kernel: `rows` x `width` accumulators.
@@ -153,8 +293,8 @@ fn round_up(n: usize, m: usize) -> usize {
 #[derive(Clone, Copy)]
 struct Inputs<'a, T> {
     q: &'a [T],
-    k: &'a [T],
-    v: &'a [T],
+    k: KvView<'a, T>,
+    v: KvView<'a, T>,
     scale: T,
     dims: AttentionDims,
 }
@@ -199,7 +339,7 @@ impl<T: Real> Scratch<T> {
 /// One block of queries of one head, compiled per ISA by [`simd::dispatch_on`].
 struct BlockJob<'a, 'o, 's, T> {
     inputs: Inputs<'a, T>,
-    /// `b * heads + h`.
+    /// `b * heads + h` (query heads).
     head: usize,
     first_query: usize,
     /// `(queries, dim_v)`: this block's rows of the output.
@@ -245,8 +385,8 @@ impl<T: Real> BlockJob<'_, '_, '_, T> {
         scratch.ot.fill(T::ZERO);
         scratch.max.fill(T::NEG_INFINITY);
         scratch.sum.fill(T::ZERO);
-        // One past the last query, which is also one past the last key any query sees.
-        let end = self.first_query + rows;
+        // One past the last key any query of the task sees.
+        let end = self.position(rows - 1) + 1;
         for first in (0..end).step_by(KEY_BLOCK) {
             let tile = KeyTile {
                 first,
@@ -264,7 +404,7 @@ impl<T: Real> BlockJob<'_, '_, '_, T> {
     #[inline(always)]
     fn load_queries(&mut self, rows: usize, queries: usize) {
         let d = self.inputs.dims.dim_qk;
-        let start = (self.head * self.inputs.dims.len + self.first_query) * d;
+        let start = (self.head * self.inputs.dims.len_q + self.first_query) * d;
         let source = &self.inputs.q[start..start + rows * d];
         let scale = self.inputs.scale;
         for (i, query) in source.chunks_exact(d.max(1)).enumerate() {
@@ -277,18 +417,32 @@ impl<T: Real> BlockJob<'_, '_, '_, T> {
         }
     }
 
-    /// Whether key `key` is visible to query `first_query + i`.
+    /// The position of the task's query i: Lk - Lq + first_query + i, the last key it sees.
     #[inline(always)]
-    fn visible(&self, key: usize, i: usize) -> bool {
-        key <= self.first_query + i
+    fn position(&self, i: usize) -> usize {
+        self.inputs.dims.offset() + self.first_query + i
     }
 
-    /// Keys of `tile` visible to query `first_query + i`.
+    /// Whether key `key` is visible to the task's query i.
+    #[inline(always)]
+    fn visible(&self, key: usize, i: usize) -> bool {
+        key <= self.position(i)
+    }
+
+    /// Keys of `tile` visible to the task's query i.
     #[inline(always)]
     fn visible_keys(&self, tile: KeyTile, i: usize) -> usize {
-        (self.first_query + i + 1)
+        (self.position(i) + 1)
             .saturating_sub(tile.first)
             .min(tile.keys)
+    }
+
+    /// Batch row and key/value head of the task's query head.
+    #[inline(always)]
+    fn kv_head(&self) -> (usize, usize) {
+        let dims = self.inputs.dims;
+        let (b, h) = (self.head / dims.heads, self.head % dims.heads);
+        (b, h / dims.group())
     }
 
     /// S = K_tile (s Q^T) into `scratch.pt`, `[key][query]`. `R x W` tiles wholly above the
@@ -296,29 +450,33 @@ impl<T: Real> BlockJob<'_, '_, '_, T> {
     /// of fewer than `R` keys, which is copied with its last key repeated (and masked).
     #[inline(always)]
     fn scores<A: Arch, const R: usize, const W: usize>(&mut self, tile: KeyTile) {
-        let AttentionDims { len, dim_qk: d, .. } = self.inputs.dims;
+        let d = self.inputs.dims.dim_qk;
         if d == 0 {
             // Empty query and key vectors: every score is 0.
             self.scratch.pt.fill(T::ZERO);
             return;
         }
-        let k = &self.inputs.k[(self.head * len + tile.first) * d..];
-        let k = &k[..tile.keys * d];
+        let (b, kv_head) = self.kv_head();
+        let stride = self.inputs.k.row_stride;
+        let k = self.inputs.k.rows_from(b, kv_head, tile.first);
         for r0 in (0..tile.keys).step_by(R) {
-            let rows = if r0 + R <= tile.keys {
-                &k[r0 * d..(r0 + R) * d]
+            let a = if r0 + R <= tile.keys {
+                Strided {
+                    data: &k[r0 * stride..],
+                    row_stride: stride,
+                    k_stride: 1,
+                }
             } else {
                 let pad = &mut self.scratch.key_pad[..R * d];
                 for (r, dst) in pad.chunks_exact_mut(d).enumerate() {
                     let j = (r0 + r).min(tile.keys - 1);
-                    dst.copy_from_slice(&k[j * d..(j + 1) * d]);
+                    dst.copy_from_slice(&k[j * stride..j * stride + d]);
                 }
-                &self.scratch.key_pad[..R * d]
-            };
-            let a = Strided {
-                data: rows,
-                row_stride: d,
-                k_stride: 1,
+                Strided {
+                    data: &self.scratch.key_pad[..R * d],
+                    row_stride: d,
+                    k_stride: 1,
+                }
             };
             for c0 in (0..tile.queries).step_by(W) {
                 if !self.visible(tile.first + r0, c0 + W - 1) {
@@ -342,11 +500,12 @@ impl<T: Real> BlockJob<'_, '_, '_, T> {
     fn softmax_update(&mut self, tile: KeyTile) {
         let n = tile.queries;
         let mut tile_max = [T::NEG_INFINITY; QUERY_BLOCK];
+        let first_position = self.position(0);
         for j in 0..tile.keys {
             let key = tile.first + j;
             let row = &mut self.scratch.pt[j * QUERY_BLOCK..j * QUERY_BLOCK + n];
             for (i, (s, m)) in row.iter_mut().zip(&mut tile_max[..n]).enumerate() {
-                if key > self.first_query + i {
+                if key > first_position + i {
                     *s = T::NEG_INFINITY;
                 }
                 *m = m.max_nan(*s);
@@ -391,9 +550,10 @@ impl<T: Real> BlockJob<'_, '_, '_, T> {
     /// repeated (the extra rows of o^T are never stored).
     #[inline(always)]
     fn accumulate<A: Arch, const R: usize, const W: usize>(&mut self, tile: KeyTile) {
-        let AttentionDims { len, dim_v, .. } = self.inputs.dims;
-        let v = &self.inputs.v[(self.head * len + tile.first) * dim_v..];
-        let v = &v[..tile.keys * dim_v];
+        let dim_v = self.inputs.dims.dim_v;
+        let (b, kv_head) = self.kv_head();
+        let stride = self.inputs.v.row_stride;
+        let v = self.inputs.v.rows_from(b, kv_head, tile.first);
         for c0 in (0..tile.queries).step_by(W) {
             let depth = self.visible_keys(tile, c0 + W - 1);
             if depth == 0 {
@@ -404,11 +564,12 @@ impl<T: Real> BlockJob<'_, '_, '_, T> {
                     Strided {
                         data: &v[r0..],
                         row_stride: 1,
-                        k_stride: dim_v,
+                        k_stride: stride,
                     }
                 } else {
                     let pad = &mut self.scratch.value_pad[..depth * R];
-                    for (value, dst) in v.chunks_exact(dim_v).zip(pad.chunks_exact_mut(R)) {
+                    for (j, dst) in pad.chunks_exact_mut(R).enumerate() {
+                        let value = &v[j * stride..j * stride + dim_v];
                         for (r, x) in dst.iter_mut().enumerate() {
                             *x = value[(r0 + r).min(dim_v - 1)];
                         }
@@ -495,25 +656,29 @@ fn micro_gemm<T: Real, A: Arch, const R: usize, const W: usize>(
 mod tests {
     use super::*;
 
-    /// Materialised scores, mask and softmax in f64: the definition.
+    /// Materialised scores, mask and softmax in f64: the definition. `k` and `v` are
+    /// contiguous `(batch, kv_heads, Lk, .)`.
     fn naive(dims: AttentionDims, q: &[f64], k: &[f64], v: &[f64], scale: f64) -> Vec<f64> {
         let AttentionDims {
             batch,
             heads,
-            len,
+            len_q,
+            len_k,
             dim_qk: d,
             dim_v: dv,
+            ..
         } = dims;
-        let mut out = vec![0.0; batch * heads * len * dv];
+        let mut out = vec![0.0; batch * heads * len_q * dv];
         for head in 0..batch * heads {
-            let base_qk = head * len * d;
-            let base_v = head * len * dv;
-            for i in 0..len {
-                let scores: Vec<f64> = (0..=i)
+            let (b, h) = (head / heads, head % heads);
+            let kv = b * dims.kv_heads + h / dims.group();
+            let (base_k, base_v) = (kv * len_k * d, kv * len_k * dv);
+            for i in 0..len_q {
+                let row_q = (head * len_q + i) * d;
+                let last = dims.offset() + i;
+                let scores: Vec<f64> = (0..=last)
                     .map(|j| {
-                        let dot: f64 = (0..d)
-                            .map(|x| q[base_qk + i * d + x] * k[base_qk + j * d + x])
-                            .sum();
+                        let dot: f64 = (0..d).map(|x| q[row_q + x] * k[base_k + j * d + x]).sum();
                         dot * scale
                     })
                     .collect();
@@ -521,8 +686,10 @@ mod tests {
                 let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f64 = weights.iter().sum();
                 for c in 0..dv {
-                    let acc: f64 = (0..=i).map(|j| weights[j] * v[base_v + j * dv + c]).sum();
-                    out[base_v + i * dv + c] = acc / total;
+                    let acc: f64 = (0..=last)
+                        .map(|j| weights[j] * v[base_v + j * dv + c])
+                        .sum();
+                    out[(head * len_q + i) * dv + c] = acc / total;
                 }
             }
         }
@@ -542,41 +709,85 @@ mod tests {
             .collect()
     }
 
+    fn to_f32(x: &[f64]) -> Vec<f32> {
+        x.iter().map(|&x| x as f32).collect()
+    }
+
+    /// `x` (`(heads, len, width)`, heads = batch x kv_heads) copied into the first `len` rows
+    /// of a cache of `max_len` rows (NaN elsewhere, which the kernel must never read).
+    fn in_cache<T: Real>(
+        x: &[T],
+        heads: usize,
+        len: usize,
+        max_len: usize,
+        width: usize,
+    ) -> Vec<T> {
+        let mut cache = vec![T::from_f64(f64::NAN); heads * max_len * width];
+        for h in 0..heads {
+            let src = &x[h * len * width..(h + 1) * len * width];
+            cache[h * max_len * width..][..len * width].copy_from_slice(src);
+        }
+        cache
+    }
+
+    fn run<T: Real>(
+        dims: AttentionDims,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        scale: T,
+        max_len: usize,
+    ) -> Vec<T> {
+        let (kvh, lk) = (dims.kv_heads, dims.len_k);
+        let kc = in_cache(k, dims.batch * kvh, lk, max_len, dims.dim_qk);
+        let vc = in_cache(v, dims.batch * kvh, lk, max_len, dims.dim_v);
+        let kview = KvView::contiguous(&kc, kvh, max_len, dims.dim_qk);
+        let vview = KvView::contiguous(&vc, kvh, max_len, dims.dim_v);
+        let mut out =
+            vec![T::from_f64(f64::NAN); dims.batch * dims.heads * dims.len_q * dims.dim_v];
+        causal_attention(dims, q, kview, vview, scale, &mut out).unwrap();
+        out
+    }
+
     fn check(dims: AttentionDims, magnitude: f64) {
-        let n_qk = dims.batch * dims.heads * dims.len * dims.dim_qk;
-        let n_v = dims.batch * dims.heads * dims.len * dims.dim_v;
-        let q: Vec<f64> = filled(n_qk, 1).iter().map(|x| x * magnitude).collect();
-        let k: Vec<f64> = filled(n_qk, 2).iter().map(|x| x * magnitude).collect();
+        let n_q = dims.batch * dims.heads * dims.len_q * dims.dim_qk;
+        let n_k = dims.batch * dims.kv_heads * dims.len_k * dims.dim_qk;
+        let n_v = dims.batch * dims.kv_heads * dims.len_k * dims.dim_v;
+        let q: Vec<f64> = filled(n_q, 1).iter().map(|x| x * magnitude).collect();
+        let k: Vec<f64> = filled(n_k, 2).iter().map(|x| x * magnitude).collect();
         let v = filled(n_v, 3);
-        let scale = 1.0 / (dims.dim_qk.max(1) as f64).sqrt();
-        let want = naive(dims, &q, &k, &v, scale);
+        let want = naive(dims, &q, &k, &v, 1.0 / (dims.dim_qk.max(1) as f64).sqrt());
         for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
             simd::with_isa(isa, || check_on(dims, &q, &k, &v, &want));
         }
     }
 
-    /// Checks float64 and float32 results on the ISA `with_isa` chose.
+    /// Checks float64 and float32 results, reading k and v from a cache of exactly Lk
+    /// positions and from one with spare ones, on the ISA `with_isa` chose.
     fn check_on(dims: AttentionDims, q: &[f64], k: &[f64], v: &[f64], want: &[f64]) {
-        let n_v = want.len();
         let scale = 1.0 / (dims.dim_qk.max(1) as f64).sqrt();
         let isa = simd::isa();
-        let mut got = vec![f64::NAN; n_v];
-        causal_attention(dims, q, k, v, scale, &mut got).unwrap();
-        for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() <= 1e-12, "{dims:?} {isa:?}: {g} vs {w}");
-        }
-        let q32: Vec<f32> = q.iter().map(|&x| x as f32).collect();
-        let k32: Vec<f32> = k.iter().map(|&x| x as f32).collect();
-        let v32: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        let mut got32 = vec![f32::NAN; n_v];
-        causal_attention(dims, &q32, &k32, &v32, scale as f32, &mut got32).unwrap();
-        // Scores of size ~magnitude^2 carry an absolute f32 error ~ magnitude^2 * 1e-7,
-        // which moves the weights by as much: 1e-4 covers magnitude 3 with room to spare.
-        for (g, w) in got32.iter().zip(want) {
-            assert!(
-                (*g as f64 - w).abs() <= 1e-4,
-                "{dims:?} {isa:?} f32: {g} vs {w}"
+        for max_len in [dims.len_k, dims.len_k + 3] {
+            let got = run(dims, q, k, v, scale, max_len);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 1e-12, "{dims:?} {isa:?}: {g} vs {w}");
+            }
+            let got32 = run(
+                dims,
+                &to_f32(q),
+                &to_f32(k),
+                &to_f32(v),
+                scale as f32,
+                max_len,
             );
+            // Scores of size ~magnitude^2 carry an absolute f32 error ~ magnitude^2 * 1e-7,
+            // which moves the weights by as much: 1e-4 covers magnitude 3 with room to spare.
+            for (g, w) in got32.iter().zip(want) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-4,
+                    "{dims:?} {isa:?} f32: {g} vs {w}"
+                );
+            }
         }
     }
 
@@ -590,12 +801,30 @@ mod tests {
             (1, 1, 200, 33, 17),
             (1, 1, 130, 0, 5),
         ] {
+            check(AttentionDims::square(batch, heads, len, dim_qk, dim_v), 1.0);
+        }
+    }
+
+    #[test]
+    fn fewer_queries_than_keys_and_grouped_heads() {
+        for (batch, heads, kv_heads, len_q, len_k, dim) in [
+            (1, 1, 1, 1, 1, 4),
+            (2, 4, 1, 1, 300, 9),
+            (1, 5, 1, 2, 70, 16),
+            (1, 10, 2, 3, 600, 33),
+            (2, 4, 4, 4, 257, 8),
+            (1, 4, 1, 17, 130, 7),
+            (1, 5, 5, 65, 200, 16),
+            (1, 2, 1, 100, 100, 5),
+        ] {
             let dims = AttentionDims {
                 batch,
                 heads,
-                len,
-                dim_qk,
-                dim_v,
+                kv_heads,
+                len_q,
+                len_k,
+                dim_qk: dim,
+                dim_v: dim + 1,
             };
             check(dims, 1.0);
         }
@@ -603,37 +832,66 @@ mod tests {
 
     #[test]
     fn large_scores_do_not_overflow() {
-        let dims = AttentionDims {
-            batch: 1,
-            heads: 1,
-            len: 100,
-            dim_qk: 8,
-            dim_v: 8,
-        };
+        let dims = AttentionDims::square(1, 1, 100, 8, 8);
         check(dims, 3.0);
+        check(AttentionDims { len_q: 1, ..dims }, 3.0);
         let q = vec![1.0e4_f32; 100 * 8];
-        let v = filled(100 * 8, 4)
-            .iter()
-            .map(|&x| x as f32)
-            .collect::<Vec<_>>();
-        let mut out = vec![0.0_f32; 100 * 8];
-        causal_attention(dims, &q, &q, &v, 1.0, &mut out).unwrap();
-        assert!(out.iter().all(|x| x.is_finite()));
+        let v = to_f32(&filled(100 * 8, 4));
+        for len_q in [100, 1] {
+            let dims = AttentionDims { len_q, ..dims };
+            let out = run(dims, &q[..len_q * 8], &q, &v, 1.0, 100);
+            assert!(out.iter().all(|x| x.is_finite()));
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_batch() {
+        let dims = AttentionDims {
+            batch: 3,
+            heads: 4,
+            kv_heads: 2,
+            len_q: 1,
+            len_k: 700,
+            dim_qk: 16,
+            dim_v: 16,
+        };
+        let q = to_f32(&filled(3 * 4 * 16, 5));
+        let k = to_f32(&filled(3 * 2 * 700 * 16, 6));
+        let v = to_f32(&filled(3 * 2 * 700 * 16, 7));
+        let all = run(dims, &q, &k, &v, 0.25, 700);
+        let one = AttentionDims { batch: 1, ..dims };
+        let last = run(
+            one,
+            &q[2 * 64..],
+            &k[2 * 22400..],
+            &v[2 * 22400..],
+            0.25,
+            700,
+        );
+        assert_eq!(&all[2 * 64..], &last[..]);
     }
 
     #[test]
     fn empty_and_mismatched_inputs() {
-        let dims = AttentionDims {
-            batch: 2,
-            heads: 1,
-            len: 0,
-            dim_qk: 4,
-            dim_v: 4,
-        };
-        causal_attention::<f32>(dims, &[], &[], &[], 0.5, &mut []).unwrap();
-        let dims = AttentionDims { len: 3, ..dims };
+        let dims = AttentionDims::square(2, 1, 0, 4, 4);
+        let empty = KvView::contiguous(&[][..], 1, 0, 4);
+        causal_attention::<f32>(dims, &[], empty, empty, 0.5, &mut []).unwrap();
+        let dims = AttentionDims::square(2, 1, 3, 4, 4);
         let x = vec![0.0_f32; 24];
-        let err = causal_attention(dims, &x, &x[..23], &x, 0.5, &mut x.clone()).unwrap_err();
+        let short = KvView::contiguous(&x[..23], 1, 3, 4);
+        let full = KvView::contiguous(&x[..], 1, 3, 4);
+        let err = causal_attention(dims, &x, short, full, 0.5, &mut x.clone()).unwrap_err();
         assert!(matches!(err, KernelError::Shape { name: "k", .. }));
+        let long_q = AttentionDims { len_q: 4, ..dims };
+        let err = causal_attention(long_q, &[0.0; 32], full, full, 0.5, &mut [0.0; 32]);
+        assert!(matches!(err, Err(KernelError::Value { name: "q", .. })));
+        let bad_group = AttentionDims {
+            heads: 3,
+            kv_heads: 2,
+            batch: 1,
+            ..dims
+        };
+        let err = causal_attention(bad_group, &[0.0; 36], full, full, 0.5, &mut [0.0; 36]);
+        assert!(matches!(err, Err(KernelError::Value { name: "k", .. })));
     }
 }

@@ -194,20 +194,43 @@ class TestBadInput:
         self.x = np.zeros((1, 2, 5, 4), np.float32)
 
     def test_wrong_number_of_dimensions(self):
-        with pytest.raises(ValueError, match=r"q: expected \(batch, heads, L, D\).*\(2, 5, 4\)"):
+        with pytest.raises(ValueError, match=r"q: expected \(batch, heads, Lq, D\).*\(2, 5, 4\)"):
             causal_attention(self.x[0], self.x, self.x)
-        with pytest.raises(ValueError, match=r"v: expected \(batch, heads, L, Dv\)"):
+        with pytest.raises(ValueError, match=r"k: expected \(batch, kv_heads, Lk, D\)"):
+            causal_attention(self.x, self.x[0], self.x)
+        with pytest.raises(ValueError, match=r"v: expected \(batch, kv_heads, Lk, Dv\)"):
             causal_attention(self.x, self.x, self.x[0])
 
     def test_mismatched_shapes(self):
         with pytest.raises(
-            ValueError, match=r"k: expected shape .*\(1, 2, 5, 4\), got \(1, 2, 6, 4\)"
+            ValueError, match=r"v: expected shape .*\(1, 2, 6, 4\), got \(1, 2, 5, 4\)"
         ):
             causal_attention(self.x, np.zeros((1, 2, 6, 4), np.float32), self.x)
         with pytest.raises(ValueError, match=r"k: expected shape .* got \(1, 2, 5, 3\)"):
             causal_attention(self.x, np.zeros((1, 2, 5, 3), np.float32), self.x)
+        with pytest.raises(ValueError, match=r"k: expected shape .*\(2, 2, 5, 4\), got \(1, 2"):
+            causal_attention(np.zeros((2, 2, 5, 4), np.float32), self.x, self.x)
         with pytest.raises(ValueError, match=r"v: expected shape .* got \(1, 3, 5, 4\)"):
             causal_attention(self.x, self.x, np.zeros((1, 3, 5, 4), np.float32))
+
+    def test_more_queries_than_keys(self):
+        with pytest.raises(
+            ValueError,
+            match=r"q: expected at most as many queries as keys.*"
+            r"Lq = 5 > Lk = 3",
+        ):
+            causal_attention(self.x, self.x[:, :, :3], self.x[:, :, :3])
+
+    def test_heads_not_a_multiple_of_kv_heads(self):
+        q = np.zeros((1, 5, 5, 4), np.float32)
+        with pytest.raises(
+            ValueError, match="k: expected kv_heads dividing the 5 heads of q, got 2"
+        ):
+            causal_attention(q, self.x, self.x)
+        with pytest.raises(
+            ValueError, match="k: expected kv_heads dividing the 2 heads of q, got 0"
+        ):
+            causal_attention(self.x, self.x[:, :0], self.x[:, :0])
 
     def test_dtypes(self):
         with pytest.raises(TypeError, match="q: expected dtype float32 or float64, got int64"):
@@ -234,8 +257,18 @@ class TestBadInput:
             causal_attention(self.x, self.x, self.x, 0.5)
 
     def test_native_entry_point_rejects_bad_lengths(self):
-        """The second line of checks: the Rust side refuses mismatched arrays on its own."""
+        """The second line of checks: the Rust side refuses bad arrays on its own."""
         from seqkern import _native
 
-        with pytest.raises(ValueError, match="k: expected"):
+        with pytest.raises(ValueError, match="k, v: expected shapes"):
             _native.causal_attention_f32(self.x, self.x[:, :1], self.x, 0.5)
+        with pytest.raises(ValueError, match="q: expected at most as many queries as keys"):
+            _native.causal_attention_f32(self.x, self.x[:, :, :2], self.x[:, :, :2], 0.5)
+        with pytest.raises(ValueError, match="k: expected key/value heads dividing"):
+            q = np.zeros((1, 3, 5, 4), np.float32)
+            _native.causal_attention_f32(q, self.x, self.x, 0.5)
+        with pytest.raises(ValueError, match="k: expected a unit stride along the last axis"):
+            wide = np.zeros((1, 2, 5, 8), np.float32)[..., ::2]
+            _native.causal_attention_f32(self.x, wide, self.x, 0.5)
+        with pytest.raises(ValueError, match="v: expected non-negative strides"):
+            _native.causal_attention_f32(self.x, self.x, self.x[:, :, ::-1], 0.5)

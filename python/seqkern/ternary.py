@@ -27,8 +27,10 @@ from . import _native
 
 __all__ = [
     "FORMATS",
+    "Int8Weight",
     "TernaryWeight",
     "bitlinear",
+    "int8_matmul",
     "quantize_activations",
     "quantize_weights",
     "ternary_matmul_int",
@@ -46,6 +48,8 @@ _FILE_KEYS = ("kind", "version", "format", "shape", "gamma", "packed")
 _QUANTIZE_WEIGHTS = ck.by_dtype(_native, "ternary_quantize_weights")
 _QUANTIZE_ACTIVATIONS = ck.by_dtype(_native, "ternary_quantize_activations")
 _BITLINEAR = ck.by_dtype(_native, "ternary_bitlinear")
+_INT8_QUANTIZE = ck.by_dtype(_native, "int8_quantize_rows")
+_INT8_MATMUL = ck.by_dtype(_native, "int8_matmul")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -386,3 +390,112 @@ def ternary_matmul_int(q: Any, weight: TernaryWeight) -> np.ndarray:
     rows = ck.contiguous("q", q).reshape(math.prod(batch), k)
     out = _native.ternary_matmul_int(rows, weight.packed, k, weight.format)
     return out.reshape(*batch, weight.out_features)
+
+
+class Int8Weight:
+    """A float matrix stored as int8 with one scale per row (symmetric absmax), for the large
+    float layers beside the ternary ones: a language model's output head or tied embedding.
+
+    ``W[n, k] ~ scales[n] * codes[n, k]`` with ``scales[n] = max_k |W[n, k]| / 127`` (float32)
+    and ``codes = clip(round_half_even(W / scales[n]), -127, 127)``, so each weight is off by
+    at most ``scales[n] / 2``. It takes a quarter of float32's memory (plus 4 bytes per row),
+    and :func:`int8_matmul` reads a quarter of the bytes: a memory-bound GEMV (batch 1) runs
+    about 4x faster than float32. Build one with :meth:`from_float` or :meth:`from_codes`;
+    instances are immutable and safe to share between threads.
+    """
+
+    __slots__ = ("_codes", "_scales")
+
+    def __init__(self, codes: Any, scales: Any):
+        """Wraps int8 ``codes`` (N, K) and float32 ``scales`` (N,) (see :meth:`from_codes`)."""
+        codes = ck.as_array("codes", codes)
+        if codes.dtype != np.int8:
+            raise TypeError(f"codes: expected dtype int8, got {codes.dtype}")
+        ck.check_ndim("codes", codes, [("out_features", "in_features")])
+        scales = ck.as_array("scales", scales)
+        if scales.dtype != np.float32:
+            raise TypeError(f"scales: expected dtype float32, got {scales.dtype}")
+        ck.check_shape("scales", scales, ("out_features",), (codes.shape[0],))
+        if not np.all(np.isfinite(scales)) or np.any(scales < 0):
+            raise ValueError("scales: expected finite values >= 0")
+        self._set(ck.contiguous("codes", codes), ck.contiguous("scales", scales))
+
+    def _set(self, codes: np.ndarray, scales: np.ndarray) -> None:
+        codes.flags.writeable = False
+        scales.flags.writeable = False
+        self._codes = codes
+        self._scales = scales
+
+    @classmethod
+    def from_codes(cls, codes: Any, scales: Any) -> Int8Weight:
+        """An instance of existing int8 ``codes`` (N, K) and float32 ``scales`` (N,) (both
+        copied if not C-contiguous; made read-only)."""
+        return cls(codes, scales)
+
+    @classmethod
+    def from_float(cls, W: Any) -> Int8Weight:
+        """Quantizes ``W`` (out_features, in_features), float32 or float64, row by row (in
+        float64, so both dtypes give the same codes). NaN and infinity are rejected."""
+        W = ck.as_array("W", W)
+        dtype = ck.float_dtype("W", W)
+        ck.check_ndim("W", W, [("out_features", "in_features")])
+        codes, scales = _INT8_QUANTIZE[dtype](ck.contiguous("W", W))
+        self = cls.__new__(cls)
+        self._set(codes, scales)
+        return self
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out_features, in_features) = (N, K)."""
+        return tuple(self._codes.shape)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """int8 (N, K), read-only."""
+        return self._codes
+
+    @property
+    def scales(self) -> np.ndarray:
+        """float32 (N,), read-only."""
+        return self._scales
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of codes and scales: N K + 4 N."""
+        return int(self._codes.nbytes + self._scales.nbytes)
+
+    def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
+        """``scales[:, None] * codes`` as a float array (N, K) of ``dtype``."""
+        dtype = np.dtype(dtype)
+        if dtype not in ck.FLOAT_DTYPES:
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        return self._codes.astype(dtype) * self._scales.astype(dtype)[:, None]
+
+    def __reduce__(self):
+        return (Int8Weight, (self._codes, self._scales))
+
+    def __repr__(self) -> str:
+        n, k = self.shape
+        return f"Int8Weight(out_features={n}, in_features={k}, nbytes={self.nbytes})"
+
+
+def int8_matmul(x: Any, weight: Int8Weight) -> np.ndarray:
+    """``y = x @ W.T`` for an :class:`Int8Weight`: ``x`` (..., K) float32 or float64 ->
+    (..., N) in x's dtype::
+
+        y[..., n] = scales[n] * sum_k x[..., k] codes[n, k]
+
+    The activations stay in float (no second quantization): each block of codes is converted
+    to x's dtype on the fly and multiplied with fused multiply-adds in 64 independent chains,
+    chosen at run time for AVX-512, AVX2 or portable code. The error against ``x @ W.T`` is
+    the weights' rounding (|W - scales codes| <= scales / 2 per weight) plus float rounding.
+    Results do not depend on the thread count or on the other rows of x; the GIL is released.
+    """
+    if not isinstance(weight, Int8Weight):
+        raise TypeError(f"weight: expected an Int8Weight, got {type(weight).__name__}")
+    rows, dtype, batch, k = _rows("x", x)
+    n, in_features = weight.shape
+    if k != in_features:
+        raise ValueError(f"x: expected last dimension in_features = {in_features}, got {k}")
+    y = _INT8_MATMUL[dtype](rows, weight.codes, weight.scales)
+    return y.reshape(*batch, n)

@@ -4,6 +4,7 @@
 
 use super::{as_opt_slice, as_slice, dims_of, run_detached, to_numpy};
 use crate::error::checked_product;
+use crate::ternary::int8::{self, Int8Float};
 use crate::ternary::kernels::KernelPath;
 use crate::ternary::matmul;
 use crate::ternary::pack::{self, Format, Layout, PackedMatrix};
@@ -24,6 +25,10 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ternary_quantize_activations_f64, m)?)?;
     m.add_function(wrap_pyfunction!(ternary_bitlinear_f32, m)?)?;
     m.add_function(wrap_pyfunction!(ternary_bitlinear_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_quantize_rows_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_quantize_rows_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_matmul_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_matmul_f64, m)?)?;
     Ok(())
 }
 
@@ -224,3 +229,69 @@ typed_entry_points!(
     ternary_quantize_activations_f64,
     ternary_bitlinear_f64
 );
+
+type RowQuantized<'py> = (Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArrayDyn<f32>>);
+
+fn int8_quantize_rows_generic<'py, T: QuantFloat + Element>(
+    py: Python<'py>,
+    w: PyReadonlyArrayDyn<'py, T>,
+) -> PyResult<RowQuantized<'py>> {
+    let [n, k] = dims_of::<2>("W", w.shape(), "2 dimensions")?;
+    let w = as_slice("W", &w)?;
+    let len = checked_product("W", &[n, k])?;
+    let (codes, scales) = run_detached(py, || {
+        let (mut codes, mut scales) = (vec![0i8; len], vec![0f32; n]);
+        int8::quantize_rows(w, n, k, &mut codes, &mut scales)?;
+        Ok((codes, scales))
+    })?;
+    Ok((to_numpy(py, &[n, k], codes)?, to_numpy(py, &[n], scales)?))
+}
+
+fn int8_matmul_generic<'py, T: Int8Float + Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    codes: PyReadonlyArrayDyn<'py, i8>,
+    scales: PyReadonlyArrayDyn<'py, f32>,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let [m, k] = dims_of::<2>("x", x.shape(), "2 dimensions")?;
+    let [n, _] = dims_of::<2>("codes", codes.shape(), "2 dimensions")?;
+    let (x, codes, scales) = (
+        as_slice("x", &x)?,
+        as_slice("codes", &codes)?,
+        as_slice("scales", &scales)?,
+    );
+    let len = checked_product("x", &[m, n])?;
+    let out = run_detached(py, || {
+        let mut out = vec![T::ZERO; len];
+        int8::int8_matmul(x, m, codes, scales, n, k, &mut out)?;
+        Ok(out)
+    })?;
+    to_numpy(py, &[m, n], out)
+}
+
+macro_rules! int8_entry_points {
+    ($t:ty, $quantize:ident, $matmul:ident) => {
+        /// Quantizes W (`(N, K)`) to int8 with one scale per row: returns `(codes, scales)`.
+        #[pyfunction]
+        fn $quantize<'py>(
+            py: Python<'py>,
+            w: PyReadonlyArrayDyn<'py, $t>,
+        ) -> PyResult<RowQuantized<'py>> {
+            int8_quantize_rows_generic(py, w)
+        }
+
+        /// `(x @ codes.T) * scales` for x (`(M, K)`): `(M, N)`.
+        #[pyfunction]
+        fn $matmul<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            codes: PyReadonlyArrayDyn<'py, i8>,
+            scales: PyReadonlyArrayDyn<'py, f32>,
+        ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
+            int8_matmul_generic(py, x, codes, scales)
+        }
+    };
+}
+
+int8_entry_points!(f32, int8_quantize_rows_f32, int8_matmul_f32);
+int8_entry_points!(f64, int8_quantize_rows_f64, int8_matmul_f64);

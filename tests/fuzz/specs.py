@@ -248,8 +248,12 @@ SPECS: list[Spec] = [
         attention.causal_attention,
         _attention_args,
         lambda a: a["q"].shape,
-        # v's head size may differ from q's and k's.
-        accepts={"v": frozenset({"grow_axis:3", "zero_axis:3"})},
+        # v's head size may differ from q's and k's; q may have no heads (a multiple of k's)
+        # and fewer queries than keys, none included.
+        accepts={
+            "v": frozenset({"grow_axis:3", "zero_axis:3"}),
+            "q": frozenset({"zero_axis:1", "zero_axis:2"}),
+        },
     ),
     Spec("wkv4", rwkv.wkv4, _wkv4_args, _y_and_state),
     Spec("wkv5", rwkv.wkv5, _wkv_bonus_args(per_token=False), _y_and_state),

@@ -45,3 +45,23 @@ def bitlinear(x, codes, gamma, bias=None):
     q, scale = quantize_activations(x)
     y = ternary_matmul_int(q, codes) * (np.float64(gamma) / scale.astype(np.float64))
     return y if bias is None else y + bias
+
+
+def int8_quantize_rows(W):
+    """Row-wise symmetric int8; returns ``(codes int8 (N, K), scales float32 (N,))``::
+
+    s[n] = float32(max_k |W[n, k]| / 127);  c = clip(round_half_even(W / s[n]), -127, 127)
+
+    computed in float64 (rows of zeros get s = 0 and codes 0)."""
+    w = np.asarray(W, np.float64)
+    scales = (np.abs(w).max(axis=1, initial=0.0) / 127.0).astype(np.float32)
+    s = scales.astype(np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        codes = np.where(s > 0, np.clip(np.rint(w / s), -127, 127), 0.0)
+    return codes.astype(np.int8), scales
+
+
+def int8_matmul(x, codes, scales):
+    """``y = (x @ codes.T) * scales`` in x's dtype (the int8 head's product)."""
+    t = x.dtype
+    return (x @ codes.astype(t).T) * scales.astype(t)
