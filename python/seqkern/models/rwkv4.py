@@ -1,0 +1,207 @@
+"""RWKV-4 (transformers ``RwkvForCausalLM``, model_type "rwkv"; RWKV/rwkv-4-*-pile, raven).
+
+Each block (block 0 first applies ``pre_ln`` to the embedding)::
+
+    h = layer_norm(x, ln1);  s = h shifted by one token (the cache holds the last h)
+    x_m = h * time_mix_m + s * (1 - time_mix_m)            m = key, value, receptance
+    y, (aa, bb, pp) = wkv4(-exp(time_decay), time_first, key(x_k), value(x_v), (aa, bb, pp))
+    x = x + output(sigmoid(receptance(x_r)) * y)
+    h = layer_norm(x, ln2);  s = h shifted (its own cache entry)
+    x = x + sigmoid(receptance(x_r)) * value(relu(key(x_k))^2)   the channel mix
+
+then ``ln_out`` (eps 1e-5, torch's default, as transformers builds it) and ``head`` (or the
+embedding when ``tie_word_embeddings``).
+
+``rescale_every`` = n > 0 reproduces transformers at inference: block i's ``attention.output``
+and ``feed_forward.value`` weights are divided by 2^(i // n) at load, and the hidden state is
+halved after every n-th block. Up to the LayerNorm epsilons (a norm of x / 2^j is not exactly
+the norm of x) this is the unscaled model; it keeps float16 activations in range, and the
+released checkpoints were evaluated that way.
+
+The cache holds per layer the last normed input of each mix, ``att_x`` and ``ffn_x``
+(B, hidden), and the wkv state ``wkv`` (B, 3, attention_hidden) = [aa, bb, pp] with pp = -1e38
+for an empty history (transformers' value), so the first token sees no past.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .core import Cache, CausalLM, Weights, layer_norm, sigmoid
+
+# pp of an empty history: exp(pp - anything finite) is 0 (transformers' CUDA kernel's value).
+EMPTY_PP = -1e38
+
+
+@dataclass
+class _Block:
+    ln1_w: np.ndarray
+    ln1_b: np.ndarray
+    ln2_w: np.ndarray
+    ln2_b: np.ndarray
+    w: np.ndarray  # -exp(time_decay), (A,)
+    u: np.ndarray  # time_first, (A,)
+    att_mix: np.ndarray  # (3, C): time_mix_key, _value, _receptance
+    att_key: np.ndarray  # (A, C)
+    att_value: np.ndarray  # (A, C)
+    att_receptance: np.ndarray  # (A, C)
+    att_output: np.ndarray  # (C, A), divided by 2^(i // rescale_every)
+    ffn_mix: np.ndarray  # (2, C): time_mix_key, _receptance
+    ffn_key: np.ndarray  # (F, C)
+    ffn_receptance: np.ndarray  # (C, C)
+    ffn_value: np.ndarray  # (C, F), divided by 2^(i // rescale_every)
+    halve: bool  # halve the hidden state after this block
+
+
+def _shifted(h: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """h (B, T, C) delayed by one token, the cached ``last`` (B, C) first; ``last`` <- h[:, -1]."""
+    if h.shape[1] == 1:
+        shifted = last[:, None].copy()
+    else:
+        shifted = np.empty_like(h)
+        shifted[:, 0] = last
+        shifted[:, 1:] = h[:, :-1]
+    last[...] = h[:, -1]
+    return shifted
+
+
+def _mix(h: np.ndarray, shifted: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """h * mix + shifted * (1 - mix), as shifted + (h - shifted) * mix."""
+    out = h - shifted
+    out *= mix
+    out += shifted
+    return out
+
+
+class RwkvLM(CausalLM):
+    """RWKV-4 on seqkern: wkv4 with the cached (aa, bb, pp) state, token shift through the
+    cache, the channel mix in NumPy."""
+
+    model_type = "rwkv"
+
+    def __init__(self, config: dict, weights: Weights, backend: str):
+        hidden = int(config["hidden_size"])
+        self.hidden_size = hidden
+        self.attention_size = int(config.get("attention_hidden_size") or hidden)
+        self.ffn_size = int(config.get("intermediate_size") or 4 * hidden)
+        self.eps = float(config.get("layer_norm_epsilon", 1e-5))
+        self.ln_out_eps = 1e-5  # transformers builds ln_out with torch's default eps
+        self.rescale_every = int(config.get("rescale_every", 0) or 0)
+        vocab = int(config["vocab_size"])
+        layers = int(config["num_hidden_layers"])
+        self.embedding = weights("rwkv.embeddings.weight", vocab, hidden)
+        self.pre_ln_w = weights("rwkv.blocks.0.pre_ln.weight", hidden)
+        self.pre_ln_b = weights("rwkv.blocks.0.pre_ln.bias", hidden)
+        self.blocks = [self._load_block(weights, i, layers) for i in range(layers)]
+        self.ln_out_w = weights("rwkv.ln_out.weight", hidden)
+        self.ln_out_b = weights("rwkv.ln_out.bias", hidden)
+        tied = bool(config.get("tie_word_embeddings", False))
+        self.head = self.embedding if tied else weights("head.weight", vocab, hidden)
+        super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
+
+    def _load_block(self, w: Weights, i: int, layers: int) -> _Block:
+        p = f"rwkv.blocks.{i}."
+        att, ffn = p + "attention.", p + "feed_forward."
+        c, a, f = self.hidden_size, self.attention_size, self.ffn_size
+        n = self.rescale_every
+        scale = 2.0 ** (i // n) if n > 0 else 1.0
+        return _Block(
+            ln1_w=w(p + "ln1.weight", c),
+            ln1_b=w(p + "ln1.bias", c),
+            ln2_w=w(p + "ln2.weight", c),
+            ln2_b=w(p + "ln2.bias", c),
+            w=-np.exp(w(att + "time_decay", a)),
+            u=w(att + "time_first", a),
+            att_mix=np.concatenate(
+                [w(att + f"time_mix_{m}", 1, 1, c)[0] for m in ("key", "value", "receptance")]
+            ),
+            att_key=w(att + "key.weight", a, c),
+            att_value=w(att + "value.weight", a, c),
+            att_receptance=w(att + "receptance.weight", a, c),
+            att_output=w(att + "output.weight", c, a) / scale,
+            ffn_mix=np.concatenate(
+                [w(ffn + f"time_mix_{m}", 1, 1, c)[0] for m in ("key", "receptance")]
+            ),
+            ffn_key=w(ffn + "key.weight", f, c),
+            ffn_receptance=w(ffn + "receptance.weight", c, c),
+            ffn_value=w(ffn + "value.weight", c, f) / scale,
+            halve=n > 0 and (i + 1) % n == 0,
+        )
+
+    def _state_arrays(self, batch: int) -> dict[str, np.ndarray]:
+        layers, c, a = self.num_layers, self.hidden_size, self.attention_size
+        wkv = np.zeros((layers, batch, 3, a), self.dtype)
+        wkv[:, :, 2] = EMPTY_PP
+        return {
+            "att_x": np.zeros((layers, batch, c), self.dtype),
+            "ffn_x": np.zeros((layers, batch, c), self.dtype),
+            "wkv": wkv,
+        }
+
+    def _cache_signature(self) -> tuple:
+        return super()._cache_signature() + (self.hidden_size, self.attention_size)
+
+    def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
+        x = layer_norm(self.embedding[ids], self.pre_ln_w, self.pre_ln_b, self.eps)
+        att_x, ffn_x, wkv = cache["att_x"], cache["ffn_x"], cache["wkv"]
+        for i, block in enumerate(self.blocks):
+            h = layer_norm(x, block.ln1_w, block.ln1_b, self.eps)
+            x += self._time_mix(block, h, att_x[i], wkv[i])
+            h = layer_norm(x, block.ln2_w, block.ln2_b, self.eps)
+            x += self._channel_mix(block, h, ffn_x[i])
+            if block.halve:
+                x *= 0.5
+        x = layer_norm(x, self.ln_out_w, self.ln_out_b, self.ln_out_eps)
+        return x @ self.head.T
+
+    def _time_mix(self, block: _Block, h: np.ndarray, last: np.ndarray, state: np.ndarray):
+        """The attention of T tokens h (B, T, C), updating the cached last h and wkv state."""
+        shifted = _shifted(h, last)
+        k = _mix(h, shifted, block.att_mix[0]) @ block.att_key.T
+        v = _mix(h, shifted, block.att_mix[1]) @ block.att_value.T
+        r = sigmoid(_mix(h, shifted, block.att_mix[2]) @ block.att_receptance.T)
+        y, state[...] = self.kernels.wkv4(block.w, block.u, k, v, state)
+        r *= y
+        return r @ block.att_output.T
+
+    def _channel_mix(self, block: _Block, h: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """The feed-forward of T tokens h (B, T, C), updating the cached last h."""
+        shifted = _shifted(h, last)
+        k = _mix(h, shifted, block.ffn_mix[0]) @ block.ffn_key.T
+        np.maximum(k, 0, out=k)
+        np.square(k, out=k)
+        r = sigmoid(_mix(h, shifted, block.ffn_mix[1]) @ block.ffn_receptance.T)
+        r *= k @ block.ffn_value.T
+        return r
+
+
+def from_checkpoint(config: dict, weights: Weights, backend: str) -> RwkvLM:
+    """An :class:`RwkvLM` from a transformers "rwkv" folder's config and weights."""
+    return RwkvLM(config, weights, backend)
+
+
+def random_initializers() -> dict:
+    """Initializers for :class:`seqkern.models.testing.RandomCheckpoint` giving random RWKV-4
+    tensors in the ranges of trained ones: time_decay in (-4, 2) (decay factors
+    exp(-exp(time_decay)) from 0.0006 to 0.98), time_first around log(0.3), mixes in (0, 1),
+    norm weights near 1."""
+
+    def uniform(low: float, high: float):
+        return lambda key, shape, rng: rng.uniform(low, high, shape)
+
+    def near(centre: float, spread: float):
+        return lambda key, shape, rng: centre + spread * rng.standard_normal(shape)
+
+    return {
+        "time_decay": uniform(-4.0, 2.0),
+        "time_first": near(np.log(0.3), 0.5),
+        "time_mix_key": uniform(0.0, 1.0),
+        "time_mix_value": uniform(0.0, 1.0),
+        "time_mix_receptance": uniform(0.0, 1.0),
+        "ln.weight": near(1.0, 0.1),
+        "ln1.weight": near(1.0, 0.1),
+        "ln2.weight": near(1.0, 0.1),
+        "ln_out.weight": near(1.0, 0.1),
+    }
