@@ -36,7 +36,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .core import Cache, CausalLM, Weights, layer_norm, sigmoid
+from .core import Cache, CausalLM, Weights, sigmoid
+from .rwkv4 import layer_norm
 
 MODEL_TYPE = "rwkv_x070"
 
