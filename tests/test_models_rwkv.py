@@ -564,6 +564,12 @@ def test_unknown_layout_lists_expected_keys(tmp_path, rwkv4_tensors, rwkv7_tenso
         models.load(write_rwkv7(tmp_path / "r4.safetensors", rwkv4_tensors))
 
 
+def test_rwkv7_variant_with_extra_tensors(tmp_path, rwkv7_tensors):
+    extra = dict(rwkv7_tensors, **{"blocks.1.ffn.s_emb.weight": np.zeros((37, 32))})
+    with pytest.raises(ValueError, match=r"does not have: blocks\.1\.ffn\.s_emb\.weight"):
+        models.load(write_rwkv7(tmp_path / "de.safetensors", extra))
+
+
 def test_pth_and_garbage_files(tmp_path):
     pth = tmp_path / "model.pth"
     pth.write_bytes(b"\x80\x02not really")

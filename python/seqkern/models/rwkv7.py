@@ -307,10 +307,48 @@ class Rwkv7LM(CausalLM):
         return k @ block.ffn_value.T
 
 
+class _Recorder:
+    """A checkpoint's interface that remembers every key the loader asks about."""
+
+    def __init__(self, checkpoint: Any):
+        self.checkpoint = checkpoint
+        self.files = getattr(checkpoint, "files", [])
+        self.asked: set[str] = set()
+
+    def __contains__(self, key: str) -> bool:
+        self.asked.add(key)
+        return key in self.checkpoint
+
+    def get(self, key: str, shape: Any, dtype: np.dtype) -> np.ndarray:
+        self.asked.add(key)
+        return self.checkpoint.get(key, shape, dtype)
+
+    def keys(self) -> list[str]:
+        return self.checkpoint.keys()
+
+    def shape(self, key: str) -> Any:
+        return self.checkpoint.shape(key)
+
+
 def from_checkpoint(config: dict, weights: Weights, backend: str) -> Rwkv7LM:
     """An :class:`Rwkv7LM` from a config (as :func:`config_from_checkpoint` tells it) and the
-    checkpoint's weights."""
-    return Rwkv7LM(config, weights, backend)
+    checkpoint's weights. Tensors the model does not use are an error: they mark a variant of
+    the architecture (extra embeddings, other mixes) that this code would silently get wrong."""
+    recorder = _Recorder(weights.checkpoint)
+    weights.checkpoint = recorder
+    try:
+        model = Rwkv7LM(config, weights, backend)
+    finally:
+        weights.checkpoint = recorder.checkpoint
+    unused = sorted(set(recorder.keys()) - recorder.asked)
+    if unused:
+        more = f", ... ({len(unused)} in all)" if len(unused) > 8 else ""
+        raise ValueError(
+            f"{', '.join(map(str, recorder.files))}: tensors that RWKV-7 x070 does not have: "
+            f"{', '.join(unused[:8])}{more}; a variant of the architecture this loader does not "
+            "implement"
+        )
+    return model
 
 
 def random_initializers() -> dict:
