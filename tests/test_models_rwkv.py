@@ -310,6 +310,37 @@ def test_rwkv4_attention_size_differs(tmp_path):
     np.testing.assert_allclose(lm(ids), oracle(ids), rtol=0, atol=F64_TOL)
 
 
+def _rwkv_lm_name(key: str) -> str:
+    """transformers' RWKV-4 key as BlinkDL's .pth files name it."""
+    key = key.removeprefix("rwkv.").replace("embeddings.", "emb.")
+    key = key.replace("pre_ln.", "ln0.").replace("attention.", "att.")
+    key = key.replace("feed_forward.", "ffn.")
+    for long, short in (("key", "k"), ("value", "v"), ("receptance", "r")):
+        key = key.replace(f"time_mix_{long}", f"time_mix_{short}")
+    return key
+
+
+def test_rwkv4_rwkv_lm_file(tmp_path, rwkv4_tensors, rwkv4_folder):
+    renamed = {_rwkv_lm_name(k): v for k, v in rwkv4_tensors.items()}
+    assert all(rwkv4.transformers_key(_rwkv_lm_name(k)) == k for k in rwkv4_tensors)
+    assert all(rwkv4.rwkv_lm_key(k) == _rwkv_lm_name(k) for k in rwkv4_tensors)
+    assert "blocks.2.att.time_mix_k" in renamed and "blocks.0.ln0.bias" in renamed
+    assert "emb.weight" in renamed and "ln_out.weight" in renamed
+    lm = models.load(write_rwkv7(tmp_path / "rwkv4.safetensors", renamed), dtype=np.float64)
+    assert lm.model_type == "rwkv" and lm.rescale_every == 0
+    assert {k: lm.config[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers")} == {
+        "vocab_size": 37,
+        "hidden_size": 24,
+        "num_hidden_layers": 3,
+    }
+    assert (lm.attention_size, lm.ffn_size) == (24, 40)
+    ids = ids_of(2, 6)
+    np.testing.assert_array_equal(lm(ids), models.load(rwkv4_folder, dtype=np.float64)(ids))
+    del renamed["blocks.1.ffn.value.weight"]
+    with pytest.raises(ValueError, match=r"missing tensor 'blocks\.1\.ffn\.value\.weight'"):
+        models.load(write_rwkv7(tmp_path / "bad.safetensors", renamed))
+
+
 def _ln(x, w, b, eps=1e-5):
     return (x - x.mean()) / np.sqrt(x.var() + eps) * w + b
 
@@ -560,8 +591,9 @@ def test_unknown_layout_lists_expected_keys(tmp_path, rwkv4_tensors, rwkv7_tenso
     with pytest.raises(ValueError, match=r"missing here: blocks\.2\.att\.k_k"):
         models.load(write_rwkv7(tmp_path / "partial.safetensors", partial))
     # a transformers RWKV-4 checkpoint as a bare file has no config: not guessed
-    with pytest.raises(ValueError, match="fit no supported layout"):
+    with pytest.raises(ValueError, match="fit no supported layout") as info:
         models.load(write_rwkv7(tmp_path / "r4.safetensors", rwkv4_tensors))
+    assert "RWKV-4 (RWKV-LM): emb.weight" in str(info.value)
 
 
 def test_rwkv7_variant_with_extra_tensors(tmp_path, rwkv7_tensors):

@@ -45,6 +45,7 @@ ARCHITECTURES = {
 # ``config_from_checkpoint(checkpoint) -> config or None``).
 FILE_LAYOUTS = {
     "RWKV-7 x070 (RWKV-LM)": "seqkern.models.rwkv7",
+    "RWKV-4 (RWKV-LM)": "seqkern.models.rwkv4",
 }
 
 HEADS = ("float",)

@@ -18,6 +18,12 @@ halved after every n-th block. Up to the LayerNorm epsilons (a norm of x / 2^j i
 the norm of x) this is the unscaled model; it keeps float16 activations in range, and the
 released checkpoints were evaluated that way.
 
+A single .safetensors file in RWKV-LM's naming (BlinkDL's RWKV-4 .pth files, converted by
+``python -m seqkern.models.convert``) loads too: its keys are transformers' under other names
+(``emb.weight``, ``blocks.{i}.att.time_mix_k``, ``blocks.0.ln0``, ``ffn``, ...; see
+:func:`transformers_key`), the sizes are told from the shapes, and ``rescale_every`` is 0 (the
+model as trained).
+
 The cache holds per layer the last normed input of each mix, ``att_x`` and ``ffn_x``
 (B, hidden), and the wkv state ``wkv`` (B, 3, attention_hidden) = [aa, bb, pp] with pp = -1e38
 for an empty history (transformers' value), so the first token sees no past.
@@ -25,7 +31,9 @@ for an empty history (transformers' value), so the first token sees no past.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
@@ -193,8 +201,135 @@ class RwkvLM(CausalLM):
         return r
 
 
+# --- RWKV-LM's naming of the same tensors (one .safetensors file, no config)
+
+RWKV_LM = "RWKV-LM"
+
+# The keys that tell an RWKV-4 file in RWKV-LM's naming ("{i}": every block).
+LAYOUT_KEYS = (
+    "emb.weight",
+    "blocks.0.ln0.weight",
+    "blocks.{i}.att.time_decay",
+    "blocks.{i}.att.time_first",
+    "blocks.{i}.att.time_mix_k",
+    "blocks.{i}.att.key.weight",
+    "blocks.{i}.ffn.time_mix_k",
+    "blocks.{i}.ffn.key.weight",
+    "ln_out.weight",
+    "head.weight",
+)
+
+_RENAMES = (
+    (r"^emb\.", "rwkv.embeddings."),
+    (r"^blocks\.0\.ln0\.", "rwkv.blocks.0.pre_ln."),
+    (r"^blocks\.(\d+)\.att\.", r"rwkv.blocks.\1.attention."),
+    (r"^blocks\.(\d+)\.ffn\.", r"rwkv.blocks.\1.feed_forward."),
+    (r"^blocks\.", "rwkv.blocks."),
+    (r"^ln_out\.", "rwkv.ln_out."),
+    (r"\.time_mix_k$", ".time_mix_key"),
+    (r"\.time_mix_v$", ".time_mix_value"),
+    (r"\.time_mix_r$", ".time_mix_receptance"),
+)
+
+
+def transformers_key(key: str) -> str:
+    """The transformers name of an RWKV-LM RWKV-4 key (``blocks.3.att.time_mix_k`` ->
+    ``rwkv.blocks.3.attention.time_mix_key``), as transformers' conversion script renames."""
+    for pattern, replacement in _RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+_INVERSE = (
+    (r"^rwkv\.embeddings\.", "emb."),
+    (r"^rwkv\.blocks\.0\.pre_ln\.", "blocks.0.ln0."),
+    (r"\.attention\.", ".att."),
+    (r"\.feed_forward\.", ".ffn."),
+    (r"^rwkv\.", ""),
+    (r"\.time_mix_key$", ".time_mix_k"),
+    (r"\.time_mix_value$", ".time_mix_v"),
+    (r"\.time_mix_receptance$", ".time_mix_r"),
+)
+
+
+def rwkv_lm_key(key: str) -> str:
+    """The RWKV-LM name of a transformers RWKV-4 key (the inverse of :func:`transformers_key`)."""
+    for pattern, replacement in _INVERSE:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+class _Renamed:
+    """An RWKV-LM checkpoint seen under transformers' keys."""
+
+    def __init__(self, checkpoint: Any):
+        self.checkpoint = checkpoint
+        self.files = getattr(checkpoint, "files", [])
+        self.names = {transformers_key(key): key for key in checkpoint.keys()}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.names
+
+    def keys(self) -> list[str]:
+        return sorted(self.names)
+
+    def _original(self, key: str) -> str:
+        if key not in self.names:
+            raise ValueError(
+                f"missing tensor {rwkv_lm_key(key)!r} (transformers' {key!r}) in "
+                f"{', '.join(map(str, self.files))}"
+            )
+        return self.names[key]
+
+    def shape(self, key: str) -> Any:
+        return self.checkpoint.shape(self._original(key))
+
+    def get(self, key: str, shape: Any, dtype: np.dtype) -> np.ndarray:
+        return self.checkpoint.get(self._original(key), shape, dtype)
+
+
+def _layer_count(keys: list[str]) -> int:
+    indices = [int(m.group(1)) for m in map(re.compile(r"^blocks\.(\d+)\.").match, keys) if m]
+    return max(indices) + 1 if indices else 0
+
+
+def missing_keys(checkpoint: Any) -> list[str]:
+    """The identifying keys (:data:`LAYOUT_KEYS`, for every block its keys name) that
+    ``checkpoint`` lacks."""
+    layers = max(1, _layer_count(checkpoint.keys()))
+    wanted = []
+    for key in LAYOUT_KEYS:
+        wanted += [key.format(i=i) for i in range(layers)] if "{i}" in key else [key]
+    return [key for key in wanted if key not in checkpoint]
+
+
+def config_from_checkpoint(checkpoint: Any) -> Optional[dict]:
+    """The config of an RWKV-4 checkpoint in RWKV-LM's naming, told from its keys and shapes,
+    or None when the keys are not that layout."""
+    layers = _layer_count(checkpoint.keys())
+    if layers == 0 or missing_keys(checkpoint):
+        return None
+    vocab, hidden = checkpoint.shape("emb.weight")
+    return {
+        "model_type": "rwkv",
+        "checkpoint_layout": RWKV_LM,
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "attention_hidden_size": checkpoint.shape("blocks.0.att.key.weight")[0],
+        "intermediate_size": checkpoint.shape("blocks.0.ffn.key.weight")[0],
+        "num_hidden_layers": layers,
+        "layer_norm_epsilon": 1e-5,
+        "rescale_every": 0,
+        "tie_word_embeddings": False,
+    }
+
+
 def from_checkpoint(config: dict, weights: Weights, backend: str) -> RwkvLM:
-    """An :class:`RwkvLM` from a transformers "rwkv" folder's config and weights."""
+    """An :class:`RwkvLM` from a transformers "rwkv" folder's config and weights, or from an
+    RWKV-LM file's weights and the config :func:`config_from_checkpoint` tells
+    (``checkpoint_layout`` "RWKV-LM")."""
+    if config.get("checkpoint_layout") == RWKV_LM:
+        weights.checkpoint = _Renamed(weights.checkpoint)
     return RwkvLM(config, weights, backend)
 
 
