@@ -1,5 +1,5 @@
 """``python -m seqkern.models.convert MODEL.pth OUT.safetensors``: a released RWKV .pth (a torch
-state dict, e.g. BlinkDL's RWKV-7 x070 files) as one .safetensors file that
+state dict: BlinkDL's RWKV-7 x070 and RWKV-4 files) as one .safetensors file that
 :func:`seqkern.models.load` reads.
 
 Keys and shapes are kept exactly as in the .pth (no squeeze, no transpose, no folding of ln0
