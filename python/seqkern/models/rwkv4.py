@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .core import Cache, CausalLM, Weights, sigmoid
+from .core import Cache, CausalLM, Weights
 
 # pp of an empty history: exp(pp - anything finite) is 0 (transformers' CUDA kernel's value).
 EMPTY_PP = -1e38
@@ -77,6 +77,33 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
     centred *= weight
     centred += bias
     return centred
+
+
+def sigmoid_(x: np.ndarray) -> np.ndarray:
+    """x <- 1 / (1 + exp(-x)) in place (call under np.errstate(over="ignore"): exp(-x)
+    overflows to inf for very negative x, and the result is then 0 as it should be)."""
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1
+    np.reciprocal(x, out=x)
+    return x
+
+
+def direct_kernel(backend: str, dtype: np.dtype, name: str):
+    """The wkv kernel ``name`` called without the public wrapper's per-call checks (the model
+    builds contiguous arrays of the right dtype and shape itself): the native entry point for
+    the seqkern backend, the NumPy reference for the numpy backend. Same positional arguments
+    as :func:`seqkern.rwkv.wkv4` / ``wkv7`` (without ``scale``)."""
+    if backend == "numpy":
+        from ..reference import rwkv as reference
+
+        return getattr(reference, name)
+    from .. import _native
+
+    entry = getattr(_native, f"{name}_{'f32' if dtype == np.float32 else 'f64'}")
+    if name == "wkv4":
+        return entry
+    return lambda *args: entry(*args, 1.0)  # scale 1: RWKV's
 
 
 def _shifted(h: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -124,6 +151,7 @@ class RwkvLM(CausalLM):
         tied = bool(config.get("tie_word_embeddings", False))
         self.head = self.embedding if tied else weights("head.weight", vocab, hidden)
         super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
+        self._wkv4 = direct_kernel(backend, self.dtype, "wkv4")
 
     def _load_block(self, w: Weights, i: int, layers: int) -> _Block:
         p = f"rwkv.blocks.{i}."
@@ -168,6 +196,10 @@ class RwkvLM(CausalLM):
         return super()._cache_signature() + (self.hidden_size, self.attention_size)
 
     def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return self._layers(ids, cache)
+
+    def _layers(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         x = layer_norm(self.embedding[ids], self.pre_ln_w, self.pre_ln_b, self.eps)
         att_x, ffn_x, wkv = cache["att_x"], cache["ffn_x"], cache["wkv"]
         for i, block in enumerate(self.blocks):
@@ -185,8 +217,8 @@ class RwkvLM(CausalLM):
         shifted = _shifted(h, last)
         k = _mix(h, shifted, block.att_mix[0]) @ block.att_key.T
         v = _mix(h, shifted, block.att_mix[1]) @ block.att_value.T
-        r = sigmoid(_mix(h, shifted, block.att_mix[2]) @ block.att_receptance.T)
-        y, state[...] = self.kernels.wkv4(block.w, block.u, k, v, state)
+        r = sigmoid_(_mix(h, shifted, block.att_mix[2]) @ block.att_receptance.T)
+        y, state[...] = self._wkv4(block.w, block.u, k, v, state)
         r *= y
         return r @ block.att_output.T
 
@@ -196,7 +228,7 @@ class RwkvLM(CausalLM):
         k = _mix(h, shifted, block.ffn_mix[0]) @ block.ffn_key.T
         np.maximum(k, 0, out=k)
         np.square(k, out=k)
-        r = sigmoid(_mix(h, shifted, block.ffn_mix[1]) @ block.ffn_receptance.T)
+        r = sigmoid_(_mix(h, shifted, block.ffn_mix[1]) @ block.ffn_receptance.T)
         r *= k @ block.ffn_value.T
         return r
 

@@ -36,8 +36,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .core import Cache, CausalLM, Weights, sigmoid
-from .rwkv4 import layer_norm
+from .core import Cache, CausalLM, Weights
+from .rwkv4 import direct_kernel, layer_norm, sigmoid_
 
 MODEL_TYPE = "rwkv_x070"
 
@@ -124,6 +124,7 @@ class _Block:
     g2: np.ndarray
     k_k: np.ndarray
     k_a: np.ndarray
+    one_minus_k_a: np.ndarray
     r_k: np.ndarray  # (H, N)
     receptance: np.ndarray  # (C, C), used as x @ W.T
     key: np.ndarray
@@ -178,6 +179,7 @@ class Rwkv7LM(CausalLM):
         self.ln_out_b = weights("ln_out.bias", c)
         self.head = weights("head.weight", vocab, c)
         super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
+        self._wkv7 = direct_kernel(backend, self.dtype, "wkv7")
 
     def _load_block(self, w: Weights, i: int) -> _Block:
         p = f"blocks.{i}."
@@ -188,6 +190,7 @@ class Rwkv7LM(CausalLM):
         def vec(key: str) -> np.ndarray:
             return w(key, 1, 1, c).reshape(c)
 
+        k_a = vec(att + "k_a")
         if i == 0:  # unused on block 0: checked when present, not kept
             for key, shape in (("v0", (1, 1, c)), ("v1", (c, dv)), ("v2", (dv, c))):
                 w.optional(att + key, *shape)
@@ -212,7 +215,8 @@ class Rwkv7LM(CausalLM):
             g1=w(att + "g1", c, dg),
             g2=w(att + "g2", dg, c),
             k_k=vec(att + "k_k"),
-            k_a=vec(att + "k_a"),
+            k_a=k_a,
+            one_minus_k_a=1 - k_a,
             r_k=w(att + "r_k", h, n),
             receptance=w(att + "receptance.weight", c, c),
             key=w(att + "key.weight", c, c),
@@ -237,6 +241,10 @@ class Rwkv7LM(CausalLM):
         return super()._cache_signature() + (self.hidden_size, self.head_size)
 
     def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return self._layers(ids, cache)
+
+    def _layers(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         x = layer_norm(self.embedding[ids], self.ln0_w, self.ln0_b, LAYER_NORM_EPS)
         att_x, ffn_x, wkv = cache["att_x"], cache["ffn_x"], cache["wkv"]
         v_first = None
@@ -260,39 +268,56 @@ class Rwkv7LM(CausalLM):
         """The time mix of T tokens h (B, T, C), updating the cached last h and wkv state.
         Returns the block's output and v_first (block 0's v)."""
         batch, length, c = h.shape
-        heads, n = self.heads, self.head_size
-        delta = _shifted_delta(h, last)
-        xr, xw, xk, xv, xa, xg = (_mixed(h, delta, m) for m in block.mix)
+        heads_shape = (batch, length, self.heads, self.head_size)
+        mixed = _shifted_delta(h, last)[None] * block.mix[:, None, None, :]
+        mixed += h
+        xr, xw, xk, xv, xa, xg = mixed  # h + (x_prev - h) * x_m, m = r, w, k, v, a, g
         r = xr @ block.receptance.T
         k = xk @ block.key.T
         v = xv @ block.value.T
-        log_w = sigmoid(np.tanh(xw @ block.w1) @ block.w2 + block.w0)
+        log_w = np.tanh(xw @ block.w1) @ block.w2
+        log_w += block.w0
+        sigmoid_(log_w)
         log_w *= -DECAY_SCALE
-        a = sigmoid((xa @ block.a1) @ block.a2 + block.a0)
-        g = sigmoid(xg @ block.g1) @ block.g2
-        kk = (k * block.k_k).reshape(batch, length, heads, n)
-        kk /= np.maximum(np.sqrt(np.einsum("bthn,bthn->bth", kk, kk)), 1e-12)[..., None]
-        k *= 1 + (a - 1) * block.k_a
+        a = (xa @ block.a1) @ block.a2
+        a += block.a0
+        sigmoid_(a)
+        g = sigmoid_(xg @ block.g1) @ block.g2
+        kk = (k * block.k_k).reshape(heads_shape)
+        norm = np.sqrt(np.einsum("bthn,bthn->bth", kk, kk))
+        kk /= np.maximum(norm, 1e-12, out=norm)[..., None]
+        scale_k = a * block.k_a
+        scale_k += block.one_minus_k_a
+        k *= scale_k  # k * (1 + (a - 1) * k_a)
         if block.v0 is None:
             v_first = v
         else:
-            v += (v_first - v) * sigmoid((xv @ block.v1) @ block.v2 + block.v0)
-        shape = (batch, length, heads, n)
-        r4, k4, v4 = r.reshape(shape), k.reshape(shape), v.reshape(shape)
-        y, state[...] = self.kernels.wkv7(
-            r4, log_w.reshape(shape), k4, v4, -kk, kk * a.reshape(shape), state
-        )
+            gate = (xv @ block.v1) @ block.v2
+            gate += block.v0
+            sigmoid_(gate)
+            residual = v_first - v
+            residual *= gate
+            v += residual
+        r4, k4, v4 = r.reshape(heads_shape), k.reshape(heads_shape), v.reshape(heads_shape)
+        b_arg = a.reshape(heads_shape)
+        b_arg *= kk
+        y, state[...] = self._wkv7(r4, log_w.reshape(heads_shape), k4, v4, -kk, b_arg, state)
         y = self._group_norm(y, block)
         bonus = np.einsum("bthn,bthn,hn->bth", r4, k4, block.r_k)
-        y += (bonus[..., None] * v4).reshape(batch, length, c)
+        bonus = bonus[..., None] * v4
+        y += bonus.reshape(batch, length, c)
         y *= g
         return y @ block.output.T, v_first
 
     def _group_norm(self, y: np.ndarray, block: _Block) -> np.ndarray:
         """Per-head normalisation of y (B, T, H, N), eps 64e-5, then ln_x's scale and bias."""
-        centred = y - y.mean(axis=-1, keepdims=True)
-        var = np.einsum("bthn,bthn->bth", centred, centred) / y.shape[-1]
-        centred /= np.sqrt(var + GROUP_NORM_EPS)[..., None]
+        inv_n = 1.0 / y.shape[-1]
+        centred = y - np.add.reduce(y, axis=-1, keepdims=True) * inv_n
+        scale = np.einsum("bthn,bthn->bth", centred, centred)
+        scale *= inv_n
+        scale += GROUP_NORM_EPS
+        np.sqrt(scale, out=scale)
+        centred /= scale[..., None]
         out = centred.reshape(y.shape[0], y.shape[1], -1)
         out *= block.ln_x_w
         out += block.ln_x_b
