@@ -284,8 +284,9 @@ class Rwkv7LM(CausalLM):
         sigmoid_(a)
         g = sigmoid_(xg @ block.g1) @ block.g2
         kk = (k * block.k_k).reshape(heads_shape)
-        norm = np.sqrt(np.einsum("bthn,bthn->bth", kk, kk))
-        kk /= np.maximum(norm, 1e-12, out=norm)[..., None]
+        norm = np.add.reduce(kk * kk, axis=-1, keepdims=True)
+        np.sqrt(norm, out=norm)
+        kk /= np.maximum(norm, 1e-12, out=norm)
         scale_k = a * block.k_a
         scale_k += block.one_minus_k_a
         k *= scale_k  # k * (1 + (a - 1) * k_a)
@@ -303,8 +304,9 @@ class Rwkv7LM(CausalLM):
         b_arg *= kk
         y, state[...] = self._wkv7(r4, log_w.reshape(heads_shape), k4, v4, -kk, b_arg, state)
         y = self._group_norm(y, block)
-        bonus = np.einsum("bthn,bthn,hn->bth", r4, k4, block.r_k)
-        bonus = bonus[..., None] * v4
+        bonus = r4 * k4
+        bonus *= block.r_k
+        bonus = np.add.reduce(bonus, axis=-1, keepdims=True) * v4  # sum_head(r k r_k) v
         y += bonus.reshape(batch, length, c)
         y *= g
         return y @ block.output.T, v_first
@@ -313,11 +315,11 @@ class Rwkv7LM(CausalLM):
         """Per-head normalisation of y (B, T, H, N), eps 64e-5, then ln_x's scale and bias."""
         inv_n = 1.0 / y.shape[-1]
         centred = y - np.add.reduce(y, axis=-1, keepdims=True) * inv_n
-        scale = np.einsum("bthn,bthn->bth", centred, centred)
+        scale = np.add.reduce(centred * centred, axis=-1, keepdims=True)
         scale *= inv_n
         scale += GROUP_NORM_EPS
         np.sqrt(scale, out=scale)
-        centred /= scale[..., None]
+        centred /= scale
         out = centred.reshape(y.shape[0], y.shape[1], -1)
         out *= block.ln_x_w
         out += block.ln_x_b
