@@ -118,10 +118,10 @@ def _shifted(h: np.ndarray, last: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def _mix(h: np.ndarray, shifted: np.ndarray, mix: np.ndarray) -> np.ndarray:
-    """h * mix + shifted * (1 - mix), as shifted + (h - shifted) * mix."""
-    out = h - shifted
-    out *= mix
+def _mixes(h: np.ndarray, shifted: np.ndarray, mixes: np.ndarray) -> np.ndarray:
+    """h * m + shifted * (1 - m) for each row m of ``mixes`` (M, C), computed as
+    shifted + (h - shifted) * m: an (M, B, T, C) array."""
+    out = (h - shifted)[None] * mixes[:, None, None, :]
     out += shifted
     return out
 
@@ -214,21 +214,21 @@ class RwkvLM(CausalLM):
 
     def _time_mix(self, block: _Block, h: np.ndarray, last: np.ndarray, state: np.ndarray):
         """The attention of T tokens h (B, T, C), updating the cached last h and wkv state."""
-        shifted = _shifted(h, last)
-        k = _mix(h, shifted, block.att_mix[0]) @ block.att_key.T
-        v = _mix(h, shifted, block.att_mix[1]) @ block.att_value.T
-        r = sigmoid_(_mix(h, shifted, block.att_mix[2]) @ block.att_receptance.T)
+        xk, xv, xr = _mixes(h, _shifted(h, last), block.att_mix)
+        k = xk @ block.att_key.T
+        v = xv @ block.att_value.T
+        r = sigmoid_(xr @ block.att_receptance.T)
         y, state[...] = self._wkv4(block.w, block.u, k, v, state)
         r *= y
         return r @ block.att_output.T
 
     def _channel_mix(self, block: _Block, h: np.ndarray, last: np.ndarray) -> np.ndarray:
         """The feed-forward of T tokens h (B, T, C), updating the cached last h."""
-        shifted = _shifted(h, last)
-        k = _mix(h, shifted, block.ffn_mix[0]) @ block.ffn_key.T
+        xk, xr = _mixes(h, _shifted(h, last), block.ffn_mix)
+        k = xk @ block.ffn_key.T
         np.maximum(k, 0, out=k)
         np.square(k, out=k)
-        r = sigmoid_(_mix(h, shifted, block.ffn_mix[1]) @ block.ffn_receptance.T)
+        r = sigmoid_(xr @ block.ffn_receptance.T)
         r *= k @ block.ffn_value.T
         return r
 
