@@ -80,14 +80,14 @@ def linear_products(lm: Any) -> list[tuple[np.ndarray, bool]]:
 
 
 def linear_only(lm: Any, rows: int) -> Callable[[], None]:
-    """x @ W.T (or x @ W) for every matrix of the model, ``rows`` rows of random input each."""
+    """x @ W.T (or x @ W) for every matrix of the model, ``rows`` rows of random input each
+    (one input per input width, reused, so that it stays in cache as the model's own
+    activations do)."""
     rng = np.random.default_rng(0)
     mats = linear_products(lm)
-    inputs = [
-        rng.standard_normal((rows, w.shape[1] if t else w.shape[0])).astype(np.float32)
-        for w, t in mats
-    ]
-    pairs = [(x, w.T if t else w) for x, (w, t) in zip(inputs, mats)]
+    widths = {w.shape[1] if t else w.shape[0] for w, t in mats}
+    inputs = {n: rng.standard_normal((rows, n)).astype(np.float32) for n in widths}
+    pairs = [(inputs[w.shape[1]], w.T) if t else (inputs[w.shape[0]], w) for w, t in mats]
 
     def run() -> None:
         for x, w in pairs:
