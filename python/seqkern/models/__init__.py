@@ -37,6 +37,16 @@ ARCHITECTURES = {
     "mamba": "seqkern.models.mamba",
     "mamba2": "seqkern.models.mamba2",
     "bitnet": "seqkern.models.bitnet",
+    "rwkv": "seqkern.models.rwkv4",
+    "rwkv_x070": "seqkern.models.rwkv7",
+}
+
+# Single .safetensors files without a config, told by their keys: layout name -> the module
+# that recognises it (``LAYOUT_KEYS``, ``missing_keys(checkpoint)``,
+# ``config_from_checkpoint(checkpoint) -> config or None``).
+FILE_LAYOUTS = {
+    "RWKV-7 x070 (RWKV-LM)": "seqkern.models.rwkv7",
+    "RWKV-4 (RWKV-LM)": "seqkern.models.rwkv4",
 }
 
 HEADS = ("float", "int8")
@@ -76,6 +86,38 @@ def _load_folder(folder: Path, dtype: np.dtype, backend: str, head: str) -> Caus
     return module.from_checkpoint(config, weights, backend, head=head)
 
 
+def _load_file(path: Path, dtype: np.dtype, backend: str, head: str) -> CausalLM:
+    if head != "float":
+        raise ValueError(
+            f"head: {head!r} is supported for model_type {', '.join(INT8_HEADS)} "
+            "folders, not for single files"
+        )
+    if path.suffix in (".pth", ".pt", ".ckpt"):
+        raise ValueError(
+            f"{path}: a torch checkpoint; convert it first with "
+            f"python -m seqkern.models.convert {path} {path.with_suffix('.safetensors')}"
+        )
+    checkpoint = Checkpoint([path])
+    expected = []
+    for layout, name in FILE_LAYOUTS.items():
+        module = importlib.import_module(name)
+        config = module.config_from_checkpoint(checkpoint)
+        if config is not None:
+            return module.from_checkpoint(config, Weights(checkpoint, dtype), backend)
+        missing = module.missing_keys(checkpoint)
+        more = f", ... ({len(missing)} in all)" if len(missing) > 6 else ""
+        expected.append(
+            f"{layout}: {', '.join(module.LAYOUT_KEYS)} (missing here: "
+            f"{', '.join(missing[:6])}{more})"
+        )
+    found = checkpoint.keys()
+    shown = ", ".join(found[:8]) + (f", ... ({len(found)} keys)" if len(found) > 8 else "")
+    raise ValueError(
+        f"{path}: its tensors fit no supported layout (found {shown or 'no tensors'}); "
+        f"expected {'; '.join(expected)} ({{i}} = every block), or a transformers model folder"
+    )
+
+
 def load(
     path: Union[str, Path],
     *,
@@ -83,7 +125,7 @@ def load(
     backend: str = "seqkern",
     head: str = "float",
 ) -> CausalLM:
-    """A model from a transformers folder, ready to run.
+    """A model from a transformers folder or a single .safetensors file, ready to run.
 
     ``dtype``: float32 or float64, the dtype every float weight is converted to and the model
     computes in (checkpoints stored as F32, F16 or BF16 all load). ``backend``: "seqkern" (the
@@ -101,4 +143,4 @@ def load(
         return _load_folder(path, dtype, backend, head)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model folder or file")
-    raise ValueError(f"{path}: expected a model folder with config.json")
+    return _load_file(path, dtype, backend, head)
