@@ -23,7 +23,7 @@ SDIST_TOP = {"PKG-INFO", "Cargo.toml", "Cargo.lock", "pyproject.toml", "README.m
 SDIST_TREES = {
     "rust": (".rs",),
     "python": (".py", ".pyi", ".typed"),
-    "tests": (".py",),
+    "tests": (".py", ".json", ".npz", ".safetensors"),  # tests/data: tiny checkpoints
     "benches": (".py",),
 }
 # Never in either: byte code, caches, editor and patch leftovers, build outputs, binaries in
