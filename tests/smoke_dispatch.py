@@ -266,6 +266,19 @@ def _weight_round_trips(w, codes, format) -> None:
     assert (loaded.shape, loaded.gamma, loaded.format) == (w.shape, w.gamma, w.format)
 
 
+def smoke_int8(rng, dtype) -> None:
+    for m, n, k in TERNARY_SHAPES:
+        W = rng.standard_normal((n, k)).astype(dtype)
+        x = rng.standard_normal((m, k)).astype(dtype)
+        w = ternary.Int8Weight.from_float(W)
+        codes, scales = ref_ternary.int8_quantize_rows(W)
+        np.testing.assert_array_equal(w.codes, codes)
+        np.testing.assert_array_equal(w.scales, scales)
+        again = ternary.Int8Weight.from_codes(codes, scales)
+        expected = ref_ternary.int8_matmul(*as64(x), again.codes, again.scales)
+        close(ternary.int8_matmul(x, again), expected, dtype)
+
+
 # --------------------------------------------------------------------------------- attention
 
 
@@ -297,6 +310,7 @@ CASES: dict[Callable, tuple] = {
         ternary.bitlinear,
         ternary.TernaryWeight,
     ),
+    smoke_int8: (ternary.Int8Weight, ternary.int8_matmul),
     smoke_causal_attention: (attention.causal_attention,),
 }
 """Each smoke function and the public functions (or classes) it exercises."""
