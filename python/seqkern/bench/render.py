@@ -57,6 +57,10 @@ def write_markdown(results: dict[str, Any], path: Path, plots: dict[str, str]) -
         lines += _ternary(results["ternary"])
     if "cases" in results["settings"]["sections"]:
         lines += _fixed_shape(results["fixed_shape"], plots.get(SPEEDUP_PNG))
+    if "models" in results["settings"]["sections"]:
+        from . import render_models
+
+        lines += render_models.section(results["models"], plots.get(render_models.MODELS_PNG))
     lines += _method(results)
     path.write_text("\n".join(lines) + "\n")
 
@@ -281,8 +285,17 @@ def _method(results: dict[str, Any]) -> list[str]:
         "(when set, they make OpenBLAS use kernels for another CPU) unless given "
         "`--keep-blas-env`; the machine table says what was in effect.",
         "- Lengths: " + ", ".join(str(n) for n in s["lengths"]) + ".",
+        *_models_method(results),
         "",
     ]
+
+
+def _models_method(results: dict[str, Any]) -> list[str]:
+    if "models" not in results["settings"]["sections"]:
+        return []
+    from . import render_models
+
+    return render_models.method(results["models"])
 
 
 # --- plots
@@ -306,6 +319,11 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
     if "cases" in sections or "ternary" in sections:
         _speedup_plot(plt, results, out / SPEEDUP_PNG)
         written[SPEEDUP_PNG] = SPEEDUP_PNG
+    if "models" in sections:
+        from . import render_models
+
+        render_models.write_plot(plt, results["models"], out / render_models.MODELS_PNG)
+        written[render_models.MODELS_PNG] = render_models.MODELS_PNG
     return written
 
 
