@@ -132,7 +132,7 @@ def _generation_table(archs: list[dict[str, Any]], plan: dict[str, Any]) -> list
         "times at contexts 0 … N − 1 (linear between the measured contexts, the first "
         "context's time below it). Linear in N for a recurrent model, quadratic in the long "
         f"run for the transformer. The last column checks the integral against a direct "
-        f"`generate` of N = {n} tokens (greedy, from a one-token prompt).",
+        f"`generate` of N = {n} tokens (greedy, from a one-token prompt, the fastest of 3).",
         "",
         *table(["model", *(f"N={c}" for c in contexts), "log-log slope", f"N={n} direct"], rows),
         "",

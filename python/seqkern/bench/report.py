@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("seqkern-report"), help="output directory")
     p.add_argument("--lengths", type=_int_list, help="sweep lengths, e.g. 128,512,2048")
     p.add_argument("--max-length", type=int, help="longest sweep length (geometric from 128)")
-    p.add_argument("--repeats", type=int, help="timed calls per point (median); 3 quick, 5 full")
+    p.add_argument(
+        "--repeats", type=int, help="timed calls per point (the fastest is kept); 3 quick, 5 full"
+    )
     p.add_argument(
         "--max-call-seconds",
         type=float,
@@ -233,7 +235,7 @@ def _model_plan(args: argparse.Namespace) -> model_scaling.Plan:
         prompts=prompts,
         decode_samples=10 if quick else 16,
         prefill_repeats=max(1, args.repeats or 3),
-        direct_tokens=min(32 if quick else 64, contexts[-1]),
+        direct_tokens=min(16 if quick else 64, contexts[-1]),
         decode_fit_from=contexts[len(contexts) // 2 - 1] if quick else _half(contexts),
         prefill_fit_from=prompts[0] if quick else _half(prompts),
         max_call_seconds=args.max_call_seconds or (10.0 if quick else 60.0),

@@ -30,6 +30,8 @@ SERIES = {
     "skipped": [SKIP],
     "slope": OPTIONAL_NUMBER,
     "slope_lengths": [int],
+    "slope_low": OPTIONAL_NUMBER,
+    "slope_high": OPTIONAL_NUMBER,
 }
 CROSSOVER = {
     "kernel": str,
