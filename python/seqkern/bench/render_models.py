@@ -218,7 +218,10 @@ def _peers(peers: dict[str, Any]) -> list[str]:
         f"The same configs built by transformers (random weights, float32, eval, no gradients, "
         f"the same thread count): prefill of P = {first['prompt']} tokens and decode per token "
         f"at C = {first['context']} (the difference of two greedy `generate` calls). Ratio: "
-        f"transformers' time over seqkern's. {peers['note']}.",
+        f"transformers' time over seqkern's. On a CPU transformers runs Mamba and Mamba-2 on "
+        "its reference PyTorch paths (mamba_ssm and causal_conv1d are CUDA kernels), and its "
+        "BitNet built from a config without quantization_config has float linear layers. "
+        f"{peers['note']}.",
         "",
         *table(
             ["model", "prefill ms (transformers / seqkern)", "ratio",

@@ -3,9 +3,11 @@
 ``seqkern-bench [--quick] [--out DIR]`` (or ``python -m seqkern.bench``) sweeps the sequence
 length for every recurrent kernel and for causal attention, seqkern and NumPy side by side,
 fits the log-log slopes, finds the crossover lengths, times the ternary kernel against NumPy
-float32 matmul, and times every registered kernel against its NumPy reference at one fixed
-shape. It writes ``report.md``, ``results.json`` and, when matplotlib is installed (the
-``bench`` extra), ``scaling.png`` and ``speedup.png`` to ``--out``.
+float32 matmul, times every registered kernel against its NumPy reference at one fixed
+shape, and times whole models against the context (decode, prefill, cache bytes, generation;
+see :mod:`seqkern.bench.model_scaling`). It writes ``report.md``, ``results.json`` and, when
+matplotlib is installed (the ``bench`` extra), ``scaling.png``, ``speedup.png`` and
+``models.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seqkern-bench",
         description="Sweeps sequence length for the recurrent kernels and causal attention "
         "(seqkern and NumPy side by side), fits log-log slopes and crossovers, times the "
-        "ternary kernel against NumPy float32 matmul and one fixed shape per kernel; writes "
-        "report.md, results.json and (with matplotlib) scaling.png and speedup.png.",
+        "ternary kernel against NumPy float32 matmul and one fixed shape per kernel, and whole "
+        "models against the context; writes report.md, results.json and (with matplotlib) "
+        "scaling.png, speedup.png and models.png.",
     )
     p.add_argument(
         "--quick",
@@ -238,7 +241,7 @@ def _model_plan(args: argparse.Namespace) -> model_scaling.Plan:
         direct_tokens=min(16 if quick else 64, contexts[-1]),
         decode_fit_from=contexts[len(contexts) // 2 - 1] if quick else _half(contexts),
         prefill_fit_from=prompts[0] if quick else _half(prompts),
-        max_call_seconds=args.max_call_seconds or (10.0 if quick else 60.0),
+        max_call_seconds=args.max_call_seconds or (30.0 if quick else 120.0),
         max_bytes=sweeps.memory_limit(args.memory_fraction),
         tiny=args.tiny_models,
     )
