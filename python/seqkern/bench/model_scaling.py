@@ -17,8 +17,9 @@ For each model:
   of the per-token times at contexts 0 .. N - 1, linear between measured contexts), and checked
   once by a direct ``generate`` of a few tokens.
 
-Each point is the minimum of its samples (the least disturbed run on a shared machine); slopes
-are least-squares fits of log t on log L with a bootstrap interval over the samples.
+Each point is the minimum of its samples (the least disturbed run on a shared machine), the
+samples of all contexts (and of all prompt lengths) taken in interleaved rounds; slopes are
+least-squares fits of log t on log L with a bootstrap interval over the samples.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .analysis import Crossover, bootstrap_slope, fit_slope, predict_next
-from .timing import warm_up
 
 HIDDEN, VOCAB = 768, 50280
 STATE_PROMPT = 16
 """Tokens of the prompt whose state a recurrent model decodes from (labelled context C)."""
 BOOTSTRAP_ROUNDS = 200
 DIRECT_REPEATS = 3
+SECONDS_WITHOUT_WARMUP = 0.5
+"""A prompt's first call counts as a sample when it took this long (else it was a warm-up)."""
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,15 @@ def cache_at(model: Any, arch: Architecture, context: int, ids: np.ndarray, cach
 
 
 def _minimum(samples: Sequence[float]) -> float:
+    """The statistic of every point: the fastest sample."""
     return float(min(samples))
+
+
+def _time_once(fn: Callable[..., Any], *args: Any) -> float:
+    """Seconds of one call ``fn(*args)``."""
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 def _time_calls(fn: Callable[[], Any], count: int) -> list[float]:
@@ -254,19 +264,6 @@ def _time_calls(fn: Callable[[], Any], count: int) -> list[float]:
         fn()
         samples.append(time.perf_counter() - start)
     return samples
-
-
-def time_decode(model: Any, cache: Any, token: np.ndarray, samples: int) -> list[float]:
-    """Seconds of ``samples`` single-token forwards continuing ``cache`` (two untimed first)."""
-    _time_calls(lambda: model.forward(token, cache), 2)
-    return _time_calls(lambda: model.forward(token, cache), samples)
-
-
-def time_prefill(model: Any, ids: np.ndarray, repeats: int, predicted: Optional[float]):
-    """Seconds of ``repeats`` prompt forwards; warmed up when the call is short."""
-    if predicted is None or predicted < 0.5:
-        warm_up(lambda: model(ids), 0.1)
-    return _time_calls(lambda: model(ids), repeats)
 
 
 # --- the integrated generation time and the crossovers
@@ -422,63 +419,84 @@ class ModelRunner:
         return rng.integers(0, model.vocab_size, (1, length))
 
     def _prefill(self, arch: Architecture, model: Any, record: dict[str, Any]) -> int:
+        """Prefill at every prompt length: a first pass in increasing length (which admits the
+        lengths under the time limit and warms up), then rounds over all admitted lengths, so
+        that a burst of load on a shared machine touches every length alike."""
         plan = self.plan
         ids = self._ids(model, max(plan.prompts))
+        samples: dict[int, list[float]] = {}
+        firsts: list[tuple[int, float]] = []
         for length in plan.prompts:
-            best = [(p["length"], min(p["samples"])) for p in record["prefill"]]
-            predicted = predict_next(best, length, 2.0 if arch.kind == "transformer" else 1.0)
+            predicted = predict_next(firsts, length, 2.0 if arch.kind == "transformer" else 1.0)
             if predicted is not None and predicted > plan.max_call_seconds:
                 reason = f"predicted {predicted:.1f} s per call > {plan.max_call_seconds:g} s"
                 record["skipped"].append({"what": "prefill", "length": length, "reason": reason})
                 self._say(arch, f"prefill P={length:<6} skipped: {reason}")
                 continue
-            samples = time_prefill(model, ids[:, :length], plan.prefill_repeats, predicted)
-            record["prefill"].append(
-                {"length": length, "seconds": _minimum(samples), "samples": samples}
-            )
-            self._say(arch, f"prefill P={length:<6} {_minimum(samples) * 1e3:10.2f} ms")
+            first = _time_once(model, ids[:, :length])
+            firsts.append((length, first))
+            # A first call this long is a sample; a shorter one was the warm-up.
+            samples[length] = [first] if first >= SECONDS_WITHOUT_WARMUP else []
+        for _ in range(plan.prefill_repeats):
+            for length, times in samples.items():
+                if len(times) < plan.prefill_repeats:
+                    times.append(_time_once(model, ids[:, :length]))
+        for length, times in samples.items():
+            record["prefill"].append({"length": length, "seconds": min(times), "samples": times})
+            self._say(arch, f"prefill P={length:<6} {min(times) * 1e3:10.2f} ms")
         return len(plan.prompts)
 
     def _decode(self, arch: Architecture, model: Any, record: dict[str, Any]) -> int:
+        """Decode at every context: the caches of all contexts are made first, then each round
+        decodes one token from each of them (after two untimed tokens each)."""
         plan = self.plan
         ids = self._ids(model, max(plan.contexts) + 1)
         token = ids[:, -1:]
+        caches: dict[int, Any] = {}
         cache = None
         for context in plan.contexts:
-            reason = self._decode_skip(arch, record, context)
+            reason = self._decode_skip(arch, caches, context)
             if reason is not None:
                 record["skipped"].append({"what": "decode", "length": context, "reason": reason})
                 self._say(arch, f"decode  C={context:<6} skipped: {reason}")
                 continue
             cache = cache_at(model, arch, context, ids, cache)
-            nbytes = int(cache.nbytes)
-            samples = time_decode(model, cache, token, plan.decode_samples)
+            caches[context] = cache.copy()
+        nbytes = {context: int(c.nbytes) for context, c in caches.items()}
+        samples: dict[int, list[float]] = {context: [] for context in caches}
+        for c in caches.values():
+            _time_calls(lambda c=c: model.forward(token, c), 2)
+        for _ in range(plan.decode_samples):
+            for context, c in caches.items():
+                samples[context].append(_time_once(model.forward, token, c))
+        for context, times in samples.items():
             record["decode"].append(
                 {
                     "context": context,
-                    "seconds": _minimum(samples),
-                    "samples": samples,
-                    "cache_bytes": nbytes,
+                    "seconds": min(times),
+                    "samples": times,
+                    "cache_bytes": nbytes[context],
                 }
             )
             self._say(
                 arch,
-                f"decode  C={context:<6} {_minimum(samples) * 1e3:10.2f} ms/token, "
-                f"cache {nbytes / 2**20:8.2f} MiB",
+                f"decode  C={context:<6} {min(times) * 1e3:10.2f} ms/token, "
+                f"cache {nbytes[context] / 2**20:8.2f} MiB",
             )
         return len(plan.contexts)
 
-    def _decode_skip(self, arch: Architecture, record: dict[str, Any], context: int):
-        """Why the decode at ``context`` is not run (memory of the KV cache, or the time to
-        fill it), or None."""
-        done = record["decode"]
-        if arch.kind != "transformer" or not done:
+    def _decode_skip(self, arch: Architecture, caches: dict[int, Any], context: int):
+        """Why the decode at ``context`` is not run (the KV caches held at once would pass the
+        memory limit), or None."""
+        if arch.kind != "transformer" or not caches or self.plan.max_bytes is None:
             return None
-        per_token = done[-1]["cache_bytes"] / max(done[-1]["context"], 1)
-        if self.plan.max_bytes is not None and per_token * context > self.plan.max_bytes:
+        longest = max(caches)
+        per_token = caches[longest].nbytes / max(longest, 1)
+        held = per_token * (sum(caches) + 2 * context)
+        if held > self.plan.max_bytes:
             return (
-                f"a cache of about {per_token * context / 2**30:.1f} GiB > the "
-                f"{self.plan.max_bytes / 2**30:.1f} GiB memory limit"
+                f"its KV cache with the shorter ones held, about {held / 2**30:.1f} GiB, "
+                f"> the {self.plan.max_bytes / 2**30:.1f} GiB memory limit"
             )
         return None
 

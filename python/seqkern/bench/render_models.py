@@ -236,15 +236,19 @@ def method(models: dict[str, Any]) -> list[str]:
     """The models section's lines of the Method list."""
     plan = models["plan"]
     return [
-        "- Models: every point is the minimum of its samples (the least disturbed run; the "
-        "work is deterministic, so noise only adds). Decode at context C costs the same "
-        "whatever the cache holds: a recurrent model decodes from the state of a 16-token "
-        "prompt labelled C tokens, the transformer from a KV cache prefilled (in pieces, "
-        "continuing the previous context's cache) to exactly C tokens. The total time to "
-        "generate N tokens is integrated from the per-token curve. Slopes: least squares of "
-        f"log t on log L, decode and generation from C = {plan['decode_fit_from']}, prefill "
-        f"from P = {plan['prefill_fit_from']}; the interval is the 5th–95th percentile over "
-        "200 bootstrap resamplings of each point's samples.",
+        "- Models: every point is the fastest of its samples (the least disturbed run; the "
+        "work is deterministic, so noise only adds), and the samples of all contexts (all "
+        "prompt lengths) are taken in interleaved rounds, so that a burst of load on a shared "
+        "machine touches every point alike instead of bending the curve at one. Decode at "
+        "context C costs the same whatever the cache holds: a recurrent model decodes from the "
+        "state of a 16-token prompt labelled C tokens, the transformer from a KV cache "
+        "prefilled (in pieces, continuing the shorter context's cache) to exactly C tokens; "
+        "the rounds append a token each, so the last sample is at C + "
+        f"{plan['decode_samples'] + 1}. The total time to generate N tokens is integrated from "
+        "the per-token curve. Slopes: least squares of log t on log L, decode and generation "
+        f"from C = {plan['decode_fit_from']}, prefill from P = {plan['prefill_fit_from']}; "
+        "the interval is the 5th–95th percentile over 200 bootstrap resamplings of each "
+        "point's samples.",
     ]
 
 
