@@ -187,6 +187,20 @@ def test_a_toy_kv_cache_decodes_as_the_prompt_does(toy_transformer):
     assert np.allclose(logits[0, 0], whole[0, 11], atol=1e-4)
 
 
+def test_random_kv_cache_grows_as_a_prefill_would():
+    class Stub:
+        def new_cache(self, batch=1):
+            shape = (2, batch, 3, 4, 5)  # layers, batch, kv heads, capacity 4, head dim
+            return Cache(("stub",), batch, {"k": np.zeros(shape), "v": np.zeros(shape)})
+
+    fresh = Stub().new_cache()
+    assert ms.has_kv_layout(fresh)
+    cache = ms.random_kv_cache(fresh, 13, np.random.default_rng(0))
+    assert cache.seq_len == 13 and cache["k"].shape == (2, 1, 3, 16, 5)
+    assert np.all(cache["v"][:, :, :, :13] != 0) and np.all(cache["k"][:, :, :, 13:] == 0)
+    assert not ms.has_kv_layout(Cache(("x",), 1, {"k": np.zeros((2, 1, 4, 5))}))
+
+
 def test_recurrent_state_is_labelled_with_the_context():
     arch = ms.ARCHITECTURES[ms.NAMES.index("mamba")]
     model = ms.build(arch, tiny=True)

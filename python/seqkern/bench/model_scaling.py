@@ -10,7 +10,8 @@ For each model:
 - decode: the time of one ``forward`` of one token after a context of C tokens. Its cost does
   not depend on the cache's values: a recurrent model decodes from a state of the right shape
   (from a 16-token prompt, then labelled C tokens), the transformer from a KV cache holding C
-  tokens (filled by prefilling the context in pieces, which leaves its cache exactly as long);
+  positions of random keys and values (or, for a cache of another layout, prefilled to C tokens
+  in pieces);
 - prefill: ``model(ids)`` on a prompt of P tokens from an empty cache (all logits);
 - the cache or state's bytes (``Cache.nbytes``) at every context;
 - the total time to generate N tokens from scratch, integrated from the decode curve (the sum
@@ -223,14 +224,18 @@ def cache_at(model: Any, arch: Architecture, context: int, ids: np.ndarray, cach
     """A cache holding ``context`` tokens for a decode at that context.
 
     Recurrent: the state after a short prompt, labelled ``context`` tokens (a state has the same
-    shape and decode cost at any context). Transformer: ``cache`` (from the previous, shorter
-    context, or None) extended by prefilling the missing tokens of ``ids``, so it holds exactly
-    ``context`` tokens of keys and values."""
+    shape and decode cost at any context). Transformer: a KV cache of random keys and values
+    filled to ``context`` positions when it has the layout of :func:`has_kv_layout`, else
+    ``cache`` (from the previous, shorter context, or None) extended by prefilling the missing
+    tokens of ``ids``, so that it holds exactly ``context`` tokens."""
     if arch.kind == "recurrent":
         if cache is None:
             _, cache = model.forward(ids[:, :STATE_PROMPT])
         cache.seq_len = context
         return cache
+    fresh = model.new_cache(1)
+    if has_kv_layout(fresh):
+        return random_kv_cache(fresh, context, np.random.default_rng(context))
     done = 0 if cache is None else cache.seq_len
     if done > context:  # the decode timings went past this context: start again
         cache, done = None, 0
@@ -239,6 +244,29 @@ def cache_at(model: Any, arch: Architecture, context: int, ids: np.ndarray, cach
         end = min(context, done + chunk)
         _, cache = model.forward(ids[:, done:end], cache)
         done = end
+    return cache
+
+
+def has_kv_layout(cache: Any) -> bool:
+    """Whether ``cache`` holds keys and values as arrays ``k`` and ``v`` of shape (layers,
+    batch, kv_heads, capacity, head_dim), the first ``seq_len`` positions in use (BitNet's)."""
+    arrays = cache.arrays
+    return set(arrays) == {"k", "v"} and all(a.ndim == 5 for a in arrays.values())
+
+
+def random_kv_cache(cache: Any, context: int, rng: np.random.Generator) -> Any:
+    """``cache`` (empty, :func:`has_kv_layout`) grown by doubling to hold ``context`` positions
+    and filled with random keys and values there: what a prefill leaves, for the cost of a
+    decode (attention reads every position, whatever it holds)."""
+    for name, old in list(cache.arrays.items()):
+        capacity = max(old.shape[3], 1)
+        while capacity < context:
+            capacity *= 2
+        grown = np.zeros(old.shape[:3] + (capacity,) + old.shape[4:], old.dtype)
+        shape = old.shape[:3] + (context,) + old.shape[4:]
+        grown[:, :, :, :context] = rng.standard_normal(shape, dtype=np.float32)
+        cache.arrays[name] = grown
+    cache.seq_len = context
     return cache
 
 

@@ -36,7 +36,11 @@ def section(models: dict[str, Any], plot: Optional[str]) -> list[str]:
         "768 and 24 residual sublayers each, every model at its published depth (Mamba and "
         "Mamba-2 stack 24 mixer blocks; RWKV-7 and the transformer 12 blocks of a mixer and an "
         "MLP, the convention that sets mamba-130m beside GPT-3 small), one vocabulary (50280) "
-        "for all, random weights, batch 1, float32 activations."
+        "for all, random weights, batch 1, float32 activations. The transformer is BitNet b1.58 "
+        "as released: its linear layers are ternary (2 bits a weight, int8 activations) where "
+        "the recurrent models' are float32, so its cost per token at short contexts is lower "
+        "for a reason other than its mixer, which moves the crossovers out; the costs of "
+        "context (ms per 1k context, the slopes) belong to the mixers alone."
         + (" **Tiny shapes** (a check that the section runs, not a measurement)." if plan["tiny"]
            else ""),
         "",
@@ -106,7 +110,8 @@ def _cache_table(archs: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]
         cells = _row(r["decode"], "context", contexts, lambda p: _mib(p["cache_bytes"]))
         rows.append([r["label"], *cells, "—" if slope is None else f"{slope:.2f}"])
     return [
-        "Cache or state held at context C, MiB (exact: `Cache.nbytes` of the cache decoded from).",
+        "Cache or state held at context C, MiB (exact: `Cache.nbytes` of the cache decoded "
+        "from; a KV cache allocates ahead, doubling its capacity, so its bytes grow in steps).",
         "",
         *table(["model", *(f"C={c}" for c in contexts), "log-log slope"], rows),
         "",
@@ -241,9 +246,10 @@ def method(models: dict[str, Any]) -> list[str]:
         "prompt lengths) are taken in interleaved rounds, so that a burst of load on a shared "
         "machine touches every point alike instead of bending the curve at one. Decode at "
         "context C costs the same whatever the cache holds: a recurrent model decodes from the "
-        "state of a 16-token prompt labelled C tokens, the transformer from a KV cache "
-        "prefilled (in pieces, continuing the shorter context's cache) to exactly C tokens; "
-        "the rounds append a token each, so the last sample is at C + "
+        "state of a 16-token prompt labelled C tokens, the transformer from a KV cache grown "
+        "as a prefill grows it and holding C positions of random keys and values (a cache of "
+        "another layout would be prefilled to C tokens in pieces); the rounds append a token "
+        "each, so the last sample is at C + "
         f"{plan['decode_samples'] + 1}. The total time to generate N tokens is integrated from "
         "the per-token curve. Slopes: least squares of log t on log L, decode and generation "
         f"from C = {plan['decode_fit_from']}, prefill from P = {plan['prefill_fit_from']}; "
