@@ -44,15 +44,18 @@ def test_decode_line_and_overtaking():
     a, b = ms.decode_line(transformer)
     assert (a, b) == pytest.approx((0.01, 1e-5))
     # 0.02 = 0.01 + 1e-5 C at C = 1000, between the measured 512 and 1024.
-    found = ms.overtakes(recurrent, transformer)
+    found = ms.overtakes(recurrent, transformer, ms.lines_meet(recurrent, transformer))
     assert found.kind == "measured" and found.length == pytest.approx(1000.0)
     # Beyond the measured contexts: where the fitted lines meet.
-    far = ms.overtakes([(c, 0.05) for c in (128, 256, 512)], transformer[:3])
+    dear = [(c, 0.05) for c in (128, 256, 512)]
+    assert ms.lines_meet(dear, transformer[:3]) == pytest.approx(4000.0)
+    far = ms.overtakes(dear, transformer[:3], ms.lines_meet(dear, transformer[:3]))
     assert far.kind == "extrapolated" and far.length == pytest.approx(4000.0)
-    assert ms.overtakes([(128, 0.001)], transformer).kind == "below"
+    assert ms.overtakes([(128, 0.001)], transformer, None).kind == "below"
     parallel = [(c, 1.0 + 1e-5 * c) for c in (128, 256)]
-    assert ms.overtakes(parallel, transformer[:2]).kind == "none"
-    assert ms.overtakes([(1, 1.0)], [(2, 1.0)]).kind == "no data"
+    assert ms.lines_meet(parallel, transformer[:2]) is None
+    assert ms.overtakes(parallel, transformer[:2], None).kind == "none"
+    assert ms.overtakes([(1, 1.0)], [(2, 1.0)], None).kind == "no data"
 
 
 def test_bootstrap_interval_brackets_the_slope():

@@ -329,10 +329,24 @@ def decode_line(points: Sequence[tuple[int, float]]) -> Optional[tuple[float, fl
     return float(a), float(b)
 
 
-def overtakes(recurrent: Sequence[tuple[int, float]], transformer: Sequence[tuple[int, float]]):
-    """The context from which ``recurrent`` stays cheaper than ``transformer`` (both as
-    (length, seconds)): interpolated linearly in L between measured lengths, ``below`` when it is
-    cheaper everywhere, else where the two fitted lines t = a + b L meet, if they do."""
+def lines_meet(recurrent: Sequence[tuple[int, float]], transformer: Sequence[tuple[int, float]]):
+    """The context where the decode lines t = a + b C of the two models meet (None when the
+    transformer's does not rise faster)."""
+    rec, tra = decode_line(recurrent), decode_line(transformer)
+    if rec is None or tra is None or tra[1] <= rec[1]:
+        return None
+    return (rec[0] - tra[0]) / (tra[1] - rec[1])
+
+
+def overtakes(
+    recurrent: Sequence[tuple[int, float]],
+    transformer: Sequence[tuple[int, float]],
+    beyond: Optional[float],
+) -> Crossover:
+    """The length from which ``recurrent`` stays cheaper than ``transformer`` (both as
+    (length, seconds)): interpolated linearly in L between measured lengths, ``below`` when it
+    is cheaper everywhere; when it is still dearer at the longest, ``beyond`` (the length the
+    fitted decode lines give, if any) when that lies past the measured lengths."""
     rec, tra = dict(recurrent), dict(transformer)
     common = sorted(set(rec) & set(tra))
     if not common:
@@ -345,11 +359,9 @@ def overtakes(recurrent: Sequence[tuple[int, float]], transformer: Sequence[tupl
     if last + 1 < len(common):
         x0, x1, g0, g1 = common[last], common[last + 1], gaps[last], gaps[last + 1]
         return Crossover("measured", x0 + (x1 - x0) * g0 / (g0 - g1))
-    lines = decode_line(recurrent), decode_line(transformer)
-    if lines[0] is None or lines[1] is None or lines[1][1] <= lines[0][1]:
+    if beyond is None or beyond <= common[-1]:
         return Crossover("none", None)
-    meet = (lines[0][0] - lines[1][0]) / (lines[1][1] - lines[0][1])
-    return Crossover("extrapolated", meet) if meet > common[-1] else Crossover("none", None)
+    return Crossover("extrapolated", beyond)
 
 
 # --- one architecture
@@ -592,8 +604,15 @@ def crossovers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["kind"] != "recurrent" or not r["decode"]:
             continue
         for t in transformers:
-            per_token = overtakes(_pairs(r["decode"], "context"), _pairs(t["decode"], "context"))
-            total = overtakes(_pairs(r["generation"], "tokens"), _pairs(t["generation"], "tokens"))
+            decode = _pairs(r["decode"], "context"), _pairs(t["decode"], "context")
+            meet = lines_meet(*decode)
+            per_token = overtakes(*decode, meet)
+            # Summed over c < N, a + b c gives a N + b N^2 / 2: the sums meet at twice the C.
+            total = overtakes(
+                _pairs(r["generation"], "tokens"),
+                _pairs(t["generation"], "tokens"),
+                None if meet is None else 2 * meet,
+            )
             found.append(
                 {
                     "model": r["name"],

@@ -173,21 +173,27 @@ def _crossover_lines(crossovers: list[dict[str, Any]], archs: list[dict[str, Any
         [
             labels.get(c["model"], c["model"]),
             labels.get(c["against"], c["against"]),
-            Crossover(c["decode_kind"], c["decode_context"]).describe().replace("L ", "C "),
-            Crossover(c["generation_kind"], c["generation_tokens"]).describe().replace("L ", "N "),
+            _describe(Crossover(c["decode_kind"], c["decode_context"]), "C"),
+            _describe(Crossover(c["generation_kind"], c["generation_tokens"]), "N"),
         ]
         for c in crossovers
     ]
     return [
         "Where each recurrent model overtakes the transformer: the context from which it "
         "decodes a token faster, and the N from which generating N tokens from scratch is "
-        "faster (interpolated linearly between measured points; beyond them, where the fitted "
-        "lines t = a + b C meet).",
+        "faster (interpolated linearly between measured points; beyond them, from the fitted "
+        "decode lines t = a + b C: they meet at C*, the sums a N + b N² / 2 at N = 2 C*).",
         "",
         *table(["recurrent model", "against", "decode per token", "generating N tokens"], rows,
                "llll"),
         "",
     ]  # fmt: skip
+
+
+def _describe(crossover: Crossover, symbol: str) -> str:
+    """The crossover phrase, with ``symbol`` for the length and fitted lines, not slopes."""
+    text = crossover.describe().replace("L ", f"{symbol} ")
+    return text.replace("fitted slopes", "fitted decode lines")
 
 
 def _not_measured(archs: list[dict[str, Any]]) -> list[str]:
