@@ -237,7 +237,7 @@ def _model_plan(args: argparse.Namespace) -> model_scaling.Plan:
         contexts=contexts,
         prompts=prompts,
         decode_samples=10 if quick else 16,
-        prefill_repeats=max(1, args.repeats or 3),
+        prefill_repeats=max(1, args.repeats or 5),
         direct_tokens=min(16 if quick else 64, contexts[-1]),
         decode_fit_from=contexts[len(contexts) // 2 - 1] if quick else _half(contexts),
         prefill_fit_from=prompts[0] if quick else _half(prompts),
