@@ -7,9 +7,11 @@ timings.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
+
+import numpy as np
 
 Point = tuple[int, float]
 
@@ -35,10 +37,11 @@ def longer_half(points: Sequence[Point]) -> list[Point]:
     return half if len(half) >= 2 else ordered[-2:]
 
 
-def fit_slope(points: Sequence[Point]) -> Optional[SlopeFit]:
+def fit_slope(points: Sequence[Point], longer_half_only: bool = True) -> Optional[SlopeFit]:
     """Least-squares fit of log t = intercept + slope log L over the longer half of
-    ``points``; None with fewer than two distinct lengths."""
-    used = [(n, t) for n, t in longer_half(points) if n > 0 and t > 0]
+    ``points`` (or all of them); None with fewer than two distinct lengths."""
+    chosen = longer_half(points) if longer_half_only else sorted(points)
+    used = [(n, t) for n, t in chosen if n > 0 and t > 0]
     if len({n for n, _ in used}) < 2:
         return None
     xs = [math.log(n) for n, _ in used]
@@ -49,6 +52,28 @@ def fit_slope(points: Sequence[Point]) -> Optional[SlopeFit]:
     sxy = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys))
     slope = sxy / sxx
     return SlopeFit(slope, y_mean - slope * x_mean, tuple(n for n, _ in used))
+
+
+def bootstrap_slope(
+    samples: Mapping[int, Sequence[float]],
+    statistic: Callable[[Sequence[float]], float],
+    rounds: int = 200,
+    seed: int = 0,
+    longer_half_only: bool = False,
+) -> tuple[Optional[float], Optional[float]]:
+    """The 5th and 95th percentiles of the slope fitted to ``statistic`` of each length's
+    samples, the samples of every length resampled with replacement ``rounds`` times."""
+    rng = np.random.default_rng(seed)
+    slopes = []
+    for _ in range(rounds):
+        points = [(n, statistic(rng.choice(s, len(s)))) for n, s in samples.items() if len(s)]
+        fit = fit_slope(points, longer_half_only)
+        if fit is not None:
+            slopes.append(fit.slope)
+    if not slopes:
+        return None, None
+    low, high = np.percentile(slopes, [5, 95])
+    return float(low), float(high)
 
 
 @dataclass(frozen=True)

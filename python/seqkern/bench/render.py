@@ -57,6 +57,10 @@ def write_markdown(results: dict[str, Any], path: Path, plots: dict[str, str]) -
         lines += _ternary(results["ternary"])
     if "cases" in results["settings"]["sections"]:
         lines += _fixed_shape(results["fixed_shape"], plots.get(SPEEDUP_PNG))
+    if "models" in results["settings"]["sections"]:
+        from . import render_models
+
+        lines += render_models.section(results["models"], plots.get(render_models.MODELS_PNG))
     lines += _method(results)
     path.write_text("\n".join(lines) + "\n")
 
@@ -126,18 +130,22 @@ def _sweeps(results: dict[str, Any], plot: Optional[str]) -> list[str]:
     measured = [s for s in series if s["points"]]
     if measured:
         lines += [
-            f"Milliseconds per call (median of up to {settings['repeats']}); the slope is the "
-            "least-squares fit of log t against log L over the longer half of the measured "
-            "lengths, given in brackets (about 1 for a scan, 2 for attention).",
+            f"Milliseconds per call (the fastest of {settings['repeats']} or more calls); the "
+            "slope is the least-squares fit of log t against log L over the longer half of the "
+            "measured lengths, given in brackets (about 1 for a scan, 2 for attention), with "
+            "its 5–95 % bootstrap interval in square brackets.",
             "",
         ]
         rows = []
         for s in measured:
             by_length = {p["length"]: p["seconds"] for p in s["points"]}
             fitted = s["slope_lengths"]
-            slope = (
-                "—" if s["slope"] is None else f"**{s['slope']:.2f}** ({fitted[0]}–{fitted[-1]})"
-            )
+            slope = "—"
+            if s["slope"] is not None:
+                spread = ""
+                if s.get("slope_low") is not None:
+                    spread = f" [{s['slope_low']:.2f}, {s['slope_high']:.2f}]"
+                slope = f"**{s['slope']:.2f}**{spread} ({fitted[0]}–{fitted[-1]})"
             rows.append([series_label(s), *(ms(by_length.get(n)) for n in lengths), slope])
         lines += table(["series", *(f"L={n}" for n in lengths), "slope"], rows)
         lines.append("")
@@ -266,9 +274,11 @@ def _method(results: dict[str, Any]) -> list[str]:
     return [
         "## Method",
         "",
-        f"- Each sweep point is the median of {s['repeats']} calls after one warm-up call "
-        "(no warm-up for calls predicted to take over 0.5 s, and at most 3 calls when "
-        "predicted over 5 s); the fixed-shape and ternary timings are medians of rounds that "
+        f"- Each sweep point is the fastest of {s['repeats']} calls after 0.1 s of warm-up "
+        "calls (no warm-up for calls predicted to take over 0.5 s, at most 3 calls when "
+        "predicted over 5 s, and up to 15 calls when the point would take under 0.1 s); the "
+        "slope's interval is the 5th–95th percentile over 200 bootstrap resamplings of each "
+        "point's samples; the fixed-shape and ternary timings are medians of rounds that "
         "repeat fast calls for at least 50 ms.",
         "- A point is skipped when its time, extrapolated from the fastest samples of the "
         f"previous points, exceeds "
@@ -281,8 +291,17 @@ def _method(results: dict[str, Any]) -> list[str]:
         "(when set, they make OpenBLAS use kernels for another CPU) unless given "
         "`--keep-blas-env`; the machine table says what was in effect.",
         "- Lengths: " + ", ".join(str(n) for n in s["lengths"]) + ".",
+        *_models_method(results),
         "",
     ]
+
+
+def _models_method(results: dict[str, Any]) -> list[str]:
+    if "models" not in results["settings"]["sections"]:
+        return []
+    from . import render_models
+
+    return render_models.method(results["models"])
 
 
 # --- plots
@@ -306,11 +325,17 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
     if "cases" in sections or "ternary" in sections:
         _speedup_plot(plt, results, out / SPEEDUP_PNG)
         written[SPEEDUP_PNG] = SPEEDUP_PNG
+    if "models" in sections:
+        from . import render_models
+
+        render_models.write_plot(plt, results["models"], out / render_models.MODELS_PNG)
+        written[render_models.MODELS_PNG] = render_models.MODELS_PNG
     return written
 
 
 def _scaling_plot(plt: Any, series: list[dict[str, Any]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    """Time per call against L (log-log) beside time per token (flat: linear in L)."""
+    fig, (ax, per_token) = plt.subplots(1, 2, figsize=(15, 5.5))
     kernels = list(dict.fromkeys(s["kernel"] for s in series))
     colors = plt.get_cmap("tab10")
     lengths: set[int] = set()
@@ -321,24 +346,26 @@ def _scaling_plot(plt: Any, series: list[dict[str, Any]], path: Path) -> None:
         xs = [p["length"] for p in s["points"]]
         ys = [p["seconds"] * 1e3 for p in s["points"]]
         slope = "" if s["slope"] is None else f", slope {s['slope']:.2f}"
-        ax.loglog(
-            xs,
-            ys,
+        style = dict(
             color=color,
             linestyle="-" if s["impl"] == "seqkern" else "--",
             marker="o" if s["impl"] == "seqkern" else "s",
             markersize=4,
-            label=f"{s['kernel']} {s['impl']}{slope}",
         )
+        ax.loglog(xs, ys, label=f"{s['kernel']} {s['impl']}{slope}", **style)
+        per_token.loglog(xs, [y * 1e3 / n for n, y in zip(xs, ys)], **style)
         lengths.update(xs)
-    if lengths:
-        ticks = sorted(lengths)
-        ax.set_xticks(ticks, [str(n) for n in ticks])
-        ax.minorticks_off()
-    ax.set_xlabel("sequence length L")
+    for a in (ax, per_token):
+        if lengths:
+            ticks = sorted(lengths)
+            a.set_xticks(ticks, [str(n) for n in ticks])
+            a.minorticks_off()
+        a.set_xlabel("sequence length L")
+        a.grid(True, which="both", alpha=0.3)
     ax.set_ylabel("time per call (ms)")
     ax.set_title("One layer, batch 1, float32: seqkern (solid) and NumPy (dashed)")
-    ax.grid(True, which="both", alpha=0.3)
+    per_token.set_ylabel("time per token, µs (flat: linear in L)")
+    per_token.set_title("The same, divided by L")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left")
     else:

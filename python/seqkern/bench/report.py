@@ -3,9 +3,11 @@
 ``seqkern-bench [--quick] [--out DIR]`` (or ``python -m seqkern.bench``) sweeps the sequence
 length for every recurrent kernel and for causal attention, seqkern and NumPy side by side,
 fits the log-log slopes, finds the crossover lengths, times the ternary kernel against NumPy
-float32 matmul, and times every registered kernel against its NumPy reference at one fixed
-shape. It writes ``report.md``, ``results.json`` and, when matplotlib is installed (the
-``bench`` extra), ``scaling.png`` and ``speedup.png`` to ``--out``.
+float32 matmul, times every registered kernel against its NumPy reference at one fixed
+shape, and times whole models against the context (decode, prefill, cache bytes, generation;
+see :mod:`seqkern.bench.model_scaling`). It writes ``report.md``, ``results.json`` and, when
+matplotlib is installed (the ``bench`` extra), ``scaling.png``, ``speedup.png`` and
+``models.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from typing import Any, Optional, TextIO
 
 import seqkern
 
-from . import machine, render, sweeps, ternary_bench
+from . import machine, model_scaling, peers, render, sweeps, ternary_bench
 from .analysis import crossover
 from .cases import all_cases
 from .ratios import measure_case
 from .results import SCHEMA_ID, write_json
 
-SECTIONS = ("sweep", "ternary", "cases")
+SECTIONS = ("sweep", "ternary", "cases", "models")
 QUICK_LONGEST, FULL_LONGEST, SHORTEST = 4096, 32768, 128
+QUICK_PROMPTS, FULL_PROMPTS = (64, 512), (128, 4096)
 
 
 def _int_list(text: str) -> list[int]:
@@ -68,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seqkern-bench",
         description="Sweeps sequence length for the recurrent kernels and causal attention "
         "(seqkern and NumPy side by side), fits log-log slopes and crossovers, times the "
-        "ternary kernel against NumPy float32 matmul and one fixed shape per kernel; writes "
-        "report.md, results.json and (with matplotlib) scaling.png and speedup.png.",
+        "ternary kernel against NumPy float32 matmul and one fixed shape per kernel, and whole "
+        "models against the context; writes report.md, results.json and (with matplotlib) "
+        "scaling.png, speedup.png and models.png.",
     )
     p.add_argument(
         "--quick",
@@ -79,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("seqkern-report"), help="output directory")
     p.add_argument("--lengths", type=_int_list, help="sweep lengths, e.g. 128,512,2048")
     p.add_argument("--max-length", type=int, help="longest sweep length (geometric from 128)")
-    p.add_argument("--repeats", type=int, help="timed calls per point (median); 3 quick, 5 full")
+    p.add_argument(
+        "--repeats", type=int, help="timed calls per point (the fastest is kept); 3 quick, 5 full"
+    )
     p.add_argument(
         "--max-call-seconds",
         type=float,
@@ -96,7 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--sections",
         type=_name_list(SECTIONS),
         default=list(SECTIONS),
-        help="what to run: sweep,ternary,cases (default all)",
+        help="what to run: sweep,ternary,cases,models (default all)",
+    )
+    p.add_argument(
+        "--models",
+        type=_name_list(model_scaling.NAMES),
+        default=list(model_scaling.NAMES),
+        help="models of the models section (default all: " + ",".join(model_scaling.NAMES) + ")",
+    )
+    p.add_argument(
+        "--model-contexts",
+        type=_int_list,
+        help=f"decode contexts of the models section (geometric {SHORTEST}..{QUICK_LONGEST} "
+        f"quick, ..{FULL_LONGEST} full)",
+    )
+    p.add_argument(
+        "--model-prompts",
+        type=_int_list,
+        help="prefill lengths of the models section (geometric "
+        f"{QUICK_PROMPTS[0]}..{QUICK_PROMPTS[1]} quick, {FULL_PROMPTS[0]}..{FULL_PROMPTS[1]} full)",
+    )
+    p.add_argument(
+        "--tiny-models",
+        action="store_true",
+        help="tiny shapes (hidden 32-64, 2 layers) for the models section: checks that it runs",
+    )
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time transformers' own CPU implementation of the models (needs torch and "
+        "transformers; skipped with the reason otherwise)",
     )
     p.add_argument(
         "--kernels",
@@ -142,6 +177,9 @@ class Settings:
     ternary_formats: list[str]
     plots: bool
     seed: int
+    models: list[str]
+    model_plan: model_scaling.Plan
+    peers: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -162,6 +200,9 @@ class Settings:
             ternary_formats=[f.strip() for f in formats.split(",") if f.strip()],
             plots=not args.no_plots,
             seed=args.seed,
+            models=args.models,
+            model_plan=_model_plan(args),
+            peers=args.peers,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -177,7 +218,38 @@ class Settings:
             "ternary_shapes": [list(s) for s in self.ternary_shapes],
             "ternary_tokens": self.ternary_tokens,
             "ternary_formats": self.ternary_formats,
+            "models": self.models,
+            "peers": self.peers,
         }
+
+
+def _model_plan(args: argparse.Namespace) -> model_scaling.Plan:
+    """The contexts, prompt lengths, samples and fitting ranges of the models section: quick
+    runs fit the decode slopes from context 512 and the prefill slopes over every length (three
+    doublings at least, so that one disturbed point moves a slope little); full runs over the
+    longer half."""
+    quick = args.quick
+    longest = QUICK_LONGEST if quick else FULL_LONGEST
+    contexts = sorted(set(args.model_contexts or sweeps.geometric_lengths(SHORTEST, longest)))
+    shortest, most = QUICK_PROMPTS if quick else FULL_PROMPTS
+    prompts = sorted(set(args.model_prompts or sweeps.geometric_lengths(shortest, most)))
+    return model_scaling.Plan(
+        contexts=contexts,
+        prompts=prompts,
+        decode_samples=10 if quick else 16,
+        prefill_repeats=max(1, args.repeats or 5),
+        direct_tokens=min(16 if quick else 64, contexts[-1]),
+        decode_fit_from=contexts[len(contexts) // 2 - 1] if quick else _half(contexts),
+        prefill_fit_from=prompts[0] if quick else _half(prompts),
+        max_call_seconds=args.max_call_seconds or (30.0 if quick else 120.0),
+        max_bytes=sweeps.memory_limit(args.memory_fraction),
+        tiny=args.tiny_models,
+    )
+
+
+def _half(lengths: list[int]) -> int:
+    """The first length of the longer half (as the sweeps' fits use)."""
+    return lengths[len(lengths) // 2] if len(lengths) > 1 else lengths[0]
 
 
 class Progress:
@@ -230,6 +302,7 @@ def main(argv: Optional[list[str]] = None, stream: TextIO = sys.stderr) -> int:
         "crossovers": [],
         "ternary": {"status": "not run", "note": "", "rows": []},
         "fixed_shape": {"status": "not run", "note": "", "rows": []},
+        "models": _models_not_run(settings),
     }
     if "sweep" in settings.sections:
         series = [s.to_json() for s in runner.run()]
@@ -246,6 +319,8 @@ def main(argv: Optional[list[str]] = None, stream: TextIO = sys.stderr) -> int:
         )
     if "cases" in settings.sections:
         results["fixed_shape"] = _fixed_shape(cases, settings.repeats, progress)
+    if "models" in settings.sections:
+        results["models"] = _models(settings, progress)
     results["elapsed_seconds"] = time.perf_counter() - started
     written = write_outputs(results, settings.out, settings.plots)
     print(
@@ -283,7 +358,49 @@ def _total_steps(settings: Settings, runner: sweeps.SweepRunner, cases: list[Any
         )
     if "cases" in settings.sections:
         total += len(cases)
+    if "models" in settings.sections:
+        total += model_scaling.steps(settings.model_plan, settings.models)
+        total += peers.steps(settings.models) if settings.peers else 0
     return total
+
+
+def _models_not_run(settings: Settings) -> dict[str, Any]:
+    return {
+        "status": "not run",
+        "note": "",
+        "plan": settings.model_plan.to_json(),
+        "architectures": [],
+        "crossovers": [],
+        "peers": {"status": "not run", "note": "", "rows": []},
+    }
+
+
+def _models(settings: Settings, progress: Progress) -> dict[str, Any]:
+    """The models section: every architecture against the context, then the peers."""
+    started = time.perf_counter()
+    runner = model_scaling.ModelRunner(
+        settings.model_plan, settings.models, progress, seed=settings.seed
+    )
+    records = runner.run()
+    section = _models_not_run(settings)
+    measured = [r for r in records if r["status"] == "ok"]
+    notes = [f"{r['name']}: {r['note']}" for r in records if r["status"] != "ok"]
+    section.update(
+        status="ok" if measured else "error",
+        note="; ".join(notes),
+        architectures=records,
+        crossovers=model_scaling.crossovers(records),
+        elapsed_seconds=time.perf_counter() - started,
+    )
+    if settings.peers:
+        section["peers"] = peers.run(settings.model_plan, settings.models, records, progress)
+    else:
+        section["peers"] = {
+            "status": "not run",
+            "note": "not asked for (--peers times transformers' own implementation)",
+            "rows": [],
+        }
+    return section
 
 
 def crossovers(series: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """The schema of ``results.json`` and a validator for it (no dependency beyond the stdlib).
 
 A schema is a Python type (``str``, ``int``, ``float``, ``bool``), ``None`` (JSON null), a
-tuple of alternatives, ``[item_schema]`` for a list, or ``{key: schema}`` for an object whose
-keys must all be present (extra keys are allowed, so the format can grow).
+tuple of alternatives (each any schema), ``[item_schema]`` for a list, or ``{key: schema}``
+for an object whose keys must all be present (extra keys are allowed, so the format can grow).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-SCHEMA_ID = "seqkern-bench/1"
+SCHEMA_ID = "seqkern-bench/2"
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, None)
@@ -30,6 +30,8 @@ SERIES = {
     "skipped": [SKIP],
     "slope": OPTIONAL_NUMBER,
     "slope_lengths": [int],
+    "slope_low": OPTIONAL_NUMBER,
+    "slope_high": OPTIONAL_NUMBER,
 }
 CROSSOVER = {
     "kernel": str,
@@ -62,6 +64,69 @@ CASE_ROW = {
 }
 SECTION = {"status": str, "note": str}
 
+SLOPE = {
+    "slope": OPTIONAL_NUMBER,
+    "low": OPTIONAL_NUMBER,
+    "high": OPTIONAL_NUMBER,
+    "lengths": [int],
+}
+DECODE_POINT = {"context": int, "seconds": NUMBER, "samples": [NUMBER], "cache_bytes": int}
+MODEL = {
+    "name": str,
+    "label": str,
+    "kind": str,
+    "model_type": str,
+    "config": dict,
+    "depth": str,
+    "weights": str,
+    "status": str,
+    "note": str,
+    "parameters": (int, None),
+    "decode": [DECODE_POINT],
+    "prefill": [POINT],
+    "generation": [{"tokens": int, "seconds": NUMBER}],
+    "direct": ({"tokens": int, "seconds": NUMBER, "integrated_seconds": OPTIONAL_NUMBER}, None),
+    "skipped": [{"what": str, "length": int, "reason": str}],
+    "decode_line": ({"intercept_seconds": NUMBER, "seconds_per_token": NUMBER}, None),
+    "slopes": {"decode": SLOPE, "prefill": SLOPE, "generation": SLOPE, "cache": SLOPE},
+}
+MODEL_CROSSOVER = {
+    "model": str,
+    "against": str,
+    "decode_kind": str,
+    "decode_context": OPTIONAL_NUMBER,
+    "generation_kind": str,
+    "generation_tokens": OPTIONAL_NUMBER,
+}
+PEER_ROW = {
+    "model": str,
+    "prompt": int,
+    "context": int,
+    "prefill_seconds": NUMBER,
+    "decode_seconds": NUMBER,
+    "seqkern_prefill_seconds": OPTIONAL_NUMBER,
+    "seqkern_decode_seconds": OPTIONAL_NUMBER,
+    "prefill_ratio": OPTIONAL_NUMBER,
+    "decode_ratio": OPTIONAL_NUMBER,
+}
+MODELS = {
+    **SECTION,
+    "plan": {
+        "contexts": [int],
+        "prompts": [int],
+        "decode_samples": int,
+        "prefill_repeats": int,
+        "direct_tokens": int,
+        "decode_fit_from": int,
+        "prefill_fit_from": int,
+        "statistic": str,
+        "tiny": bool,
+    },
+    "architectures": [MODEL],
+    "crossovers": [MODEL_CROSSOVER],
+    "peers": {**SECTION, "rows": [PEER_ROW]},
+}
+
 SCHEMA: dict[str, Any] = {
     "schema": str,
     "created": str,
@@ -92,6 +157,7 @@ SCHEMA: dict[str, Any] = {
     "crossovers": [CROSSOVER],
     "ternary": {**SECTION, "rows": [TERNARY_ROW]},
     "fixed_shape": {**SECTION, "rows": [CASE_ROW]},
+    "models": MODELS,
 }
 
 
@@ -118,11 +184,21 @@ def validate(document: Any, schema: Any = None, path: str = "$") -> list[str]:
     options = schema if isinstance(schema, tuple) else (schema,)
     if any(_matches(document, option) for option in options):
         return []
-    names = ", ".join("null" if o is None else o.__name__ for o in options)
+    names = ", ".join(_name(o) for o in options)
     return [f"{path}: expected {names}, got {type(document).__name__} {document!r:.60}"]
 
 
+def _name(option: Any) -> str:
+    if option is None:
+        return "null"
+    if isinstance(option, (dict, list)):
+        return f"{type(option).__name__} {option!r:.40}"
+    return option.__name__
+
+
 def _matches(value: Any, option: Any) -> bool:
+    if isinstance(option, (dict, list)):
+        return not validate(value, option)
     if option is None:
         return value is None
     if option is float:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .analysis import Point, fit_slope, predict_next
+from .analysis import Point, bootstrap_slope, fit_slope, predict_next
 from .timing import sample_seconds, settle_after_numpy
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
@@ -25,6 +25,11 @@ SECONDS_WITHOUT_WARMUP = 0.5
 LONG_CALL_SECONDS = 5.0
 """Calls predicted to take longer than this are repeated at most LONG_CALL_REPEATS times."""
 LONG_CALL_REPEATS = 3
+SHORT_POINT_SECONDS = 0.1
+"""Calls predicted this short are repeated until the point takes about this long ..."""
+SHORT_CALL_REPEATS = 15
+"""... but at most this many times: the minimum of more samples moves less between runs."""
+BOOTSTRAP_ROUNDS = 200
 
 
 class Unavailable(Exception):
@@ -222,7 +227,7 @@ class Series:
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def timings(self) -> list[Point]:
-        """(length, median seconds) of the measured points."""
+        """(length, seconds: the fastest sample) of the measured points."""
         return [(p["length"], p["seconds"]) for p in self.points]
 
     def best_timings(self) -> list[Point]:
@@ -232,6 +237,10 @@ class Series:
 
     def to_json(self) -> dict[str, Any]:
         fit = fit_slope(self.timings())
+        low = high = None
+        if fit is not None:
+            used = {p["length"]: p["samples"] for p in self.points if p["length"] in fit.fitted}
+            low, high = bootstrap_slope(used, min, BOOTSTRAP_ROUNDS)
         return {
             "kernel": self.kernel,
             "impl": self.impl,
@@ -243,6 +252,8 @@ class Series:
             "skipped": self.skipped,
             "slope": None if fit is None else fit.slope,
             "slope_lengths": [] if fit is None else list(fit.fitted),
+            "slope_low": low,
+            "slope_high": high,
         }
 
 
@@ -371,6 +382,9 @@ class SweepRunner:
         repeats = self.repeats
         if predicted is not None and predicted > LONG_CALL_SECONDS:
             repeats = min(repeats, LONG_CALL_REPEATS)
+        elif predicted is not None and predicted * repeats < SHORT_POINT_SECONDS:
+            fit_in = int(SHORT_POINT_SECONDS / max(predicted, 1e-9))
+            repeats = max(repeats, min(SHORT_CALL_REPEATS, fit_in))
         try:
             samples = sample_seconds(lambda: fn(*positional, **keywords), repeats, warmup)
         except Exception as exc:  # noqa: BLE001 - a failing kernel is reported, not fatal
@@ -383,9 +397,9 @@ class SweepRunner:
             return False
         if impl == "numpy":
             settle_after_numpy()
-        median = float(np.median(samples))
-        series.points.append({"length": length, "seconds": median, "samples": samples})
-        self.progress(f"{kernel.name:<16} {impl:<7} L={length:<6} {_ms(median)}", 1)
+        fastest = float(min(samples))
+        series.points.append({"length": length, "seconds": fastest, "samples": samples})
+        self.progress(f"{kernel.name:<16} {impl:<7} L={length:<6} {_ms(fastest)}", 1)
         return True
 
 
