@@ -249,7 +249,7 @@ struct HeadsJob<'a, 'o, T> {
 }
 
 /// Partial sums kept per lane so that the reduction over the state vectorises.
-const ACC: usize = 8;
+const ACC: usize = 16;
 
 impl<T: Real> Kernel for HeadsJob<'_, '_, T> {
     type Output = ();
@@ -271,14 +271,24 @@ impl<T: Real> Kernel for HeadsJob<'_, '_, T> {
             let (b, head) = (bh / heads, bh % heads);
             let bc = (b * groups + head / (heads / groups)) * n;
             let (b_vec, c_vec) = (&inputs.b[bc..bc + n], &inputs.c[bc..bc + n]);
+            // Mamba-2's usual form has one step size (and one decay) per head: computed once,
+            // not once per row, as the same expressions give the same values.
+            let per_head = self.dims.dt_form == Granularity::PerHead
+                && (inputs.dt_bias.is_none() || self.dims.bias_form == Granularity::PerHead);
+            let head_dt = per_head.then(|| self.step_size::<A>(bh, head, 0));
+            let head_decay = match (head_dt, self.dims.a_form) {
+                (Some(dt), DecayForm::PerHead) => Some((dt * inputs.a[head]).exp_on::<A>()),
+                _ => None,
+            };
             for p in 0..headdim {
-                let dt = self.step_size::<A>(bh, head, p);
+                let dt = head_dt.unwrap_or_else(|| self.step_size::<A>(bh, head, p));
                 let row = bh * headdim + p;
                 let x = inputs.x[row];
                 let h = &mut self.state[i * head_len + p * n..][..n];
                 let y = match self.dims.a_form {
                     DecayForm::PerHead => {
-                        let decay = (dt * inputs.a[head]).exp_on::<A>();
+                        let decay =
+                            head_decay.unwrap_or_else(|| (dt * inputs.a[head]).exp_on::<A>());
                         update_row::<T, A>(h, b_vec, c_vec, dt * x, |_| decay)
                     }
                     DecayForm::Full => {
@@ -321,7 +331,8 @@ impl<T: Real> HeadsJob<'_, '_, T> {
     }
 }
 
-/// `h[k] = decay(k) h[k] + dt_x B[k]`; returns `sum_k C[k] h[k]`.
+/// `h[k] = decay(k) h[k] + dt_x B[k]`; returns `sum_k C[k] h[k]`, accumulated in ACC
+/// partial sums (k mod ACC) over fixed-size blocks so that the loop vectorises.
 #[inline(always)]
 fn update_row<T: Real, A: Arch>(
     h: &mut [T],
@@ -330,10 +341,23 @@ fn update_row<T: Real, A: Arch>(
     dt_x: T,
     decay: impl Fn(usize) -> T,
 ) -> T {
+    let n = h.len();
+    let (b, c) = (&b[..n], &c[..n]);
     let mut acc = [T::ZERO; ACC];
-    for (k, hk) in h.iter_mut().enumerate() {
-        *hk = T::fma::<A>(decay(k), *hk, dt_x * b[k]);
-        acc[k % ACC] = T::fma::<A>(c[k], *hk, acc[k % ACC]);
+    let blocks = n / ACC;
+    for j in 0..blocks {
+        let base = j * ACC;
+        let hs: &mut [T; ACC] = (&mut h[base..base + ACC]).try_into().expect("ACC elements");
+        let bs: &[T; ACC] = b[base..base + ACC].try_into().expect("ACC elements");
+        let cs: &[T; ACC] = c[base..base + ACC].try_into().expect("ACC elements");
+        for i in 0..ACC {
+            hs[i] = T::fma::<A>(decay(base + i), hs[i], dt_x * bs[i]);
+            acc[i] = T::fma::<A>(cs[i], hs[i], acc[i]);
+        }
+    }
+    for k in blocks * ACC..n {
+        h[k] = T::fma::<A>(decay(k), h[k], dt_x * b[k]);
+        acc[k % ACC] = T::fma::<A>(c[k], h[k], acc[k % ACC]);
     }
     acc.iter().fold(T::ZERO, |s, &v| s + v)
 }
