@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .core import Cache, CausalLM, Weights
+from .core import Cache, CausalLM, Weights, layer_norm
 
 # pp of an empty history: exp(pp - anything finite) is 0 (transformers' CUDA kernel's value).
 EMPTY_PP = -1e38
@@ -61,22 +61,6 @@ class _Block:
     ffn_receptance: np.ndarray  # (C, C)
     ffn_value: np.ndarray  # (C, F), divided by 2^(i // rescale_every)
     halve: bool  # halve the hidden state after this block
-
-
-def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance, as
-    torch), in x's dtype: :func:`seqkern.models.core.layer_norm` in fewer NumPy calls, which
-    matters at one token per call."""
-    inv_n = 1.0 / x.shape[-1]
-    centred = x - np.add.reduce(x, axis=-1, keepdims=True) * inv_n
-    scale = np.add.reduce(centred * centred, axis=-1, keepdims=True)
-    scale *= inv_n
-    scale += eps
-    np.sqrt(scale, out=scale)
-    centred /= scale
-    centred *= weight
-    centred += bias
-    return centred
 
 
 def sigmoid_(x: np.ndarray) -> np.ndarray:

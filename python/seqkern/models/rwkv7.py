@@ -36,8 +36,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .core import Cache, CausalLM, Weights
-from .rwkv4 import direct_kernel, layer_norm, sigmoid_
+from .core import Cache, CausalLM, Weights, layer_norm
+from .rwkv4 import direct_kernel, sigmoid_
 
 MODEL_TYPE = "rwkv_x070"
 
