@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .analysis import Crossover, bootstrap_slope, fit_slope, predict_next
+from .models import PUBLISHED
 
 HIDDEN, VOCAB = 768, 50280
 STATE_PROMPT = 16
@@ -66,17 +67,7 @@ ARCHITECTURES = [
         "mamba",
         "Mamba",
         "recurrent",
-        dict(
-            model_type="mamba",
-            vocab_size=VOCAB,
-            hidden_size=HIDDEN,
-            num_hidden_layers=24,
-            state_size=16,
-            expand=2,
-            conv_kernel=4,
-            time_step_rank="auto",
-            tie_word_embeddings=True,
-        ),
+        dict(PUBLISHED["mamba-130m"], vocab_size=VOCAB, hidden_size=HIDDEN),
         "24 blocks (mamba-130m), a mixer each: 24 sublayers",
         "float32",
         dict(vocab_size=256, hidden_size=32, num_hidden_layers=2),
@@ -85,20 +76,7 @@ ARCHITECTURES = [
         "mamba2",
         "Mamba-2",
         "recurrent",
-        dict(
-            model_type="mamba2",
-            vocab_size=VOCAB,
-            hidden_size=HIDDEN,
-            num_hidden_layers=24,
-            num_heads=24,
-            head_dim=64,
-            n_groups=1,
-            state_size=128,
-            expand=2,
-            conv_kernel=4,
-            chunk_size=256,
-            tie_word_embeddings=True,
-        ),
+        dict(PUBLISHED["mamba2-130m"], vocab_size=VOCAB, hidden_size=HIDDEN),
         "24 blocks (mamba2-130m), a mixer each: 24 sublayers",
         "float32",
         dict(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=32,
