@@ -133,8 +133,7 @@ class BitNetLM(CausalLM):
         self._ternary_count = 0
         self.layers = [self._load_layer(weights, config, i) for i in range(layers)]
         self.norm = weights("model.norm.weight", hidden)
-        tied = bool(config.get("tie_word_embeddings", True))
-        self.lm_head = self.embedding if tied else weights("lm_head.weight", vocab, hidden)
+        self.lm_head = weights.output_head("lm_head.weight", self.embedding, config)
         self.head = head
         self.lm_head_int8 = ternary.Int8Weight.from_float(self.lm_head) if head == "int8" else None
         count = weights.count + self._ternary_count

@@ -305,6 +305,15 @@ class Weights:
         self.count += array.size
         return array
 
+    def output_head(
+        self, key: str, embedding: np.ndarray, config: dict, tied_by_default: bool = True
+    ) -> np.ndarray:
+        """The output head (vocab, hidden): the embedding itself when the config ties them
+        (``tie_word_embeddings``, as transformers ties them), else tensor ``key``."""
+        if config.get("tie_word_embeddings", tied_by_default):
+            return embedding
+        return self(key, *embedding.shape)
+
     def optional(self, key: str, *shape: int) -> Optional[np.ndarray]:
         """Like calling it, or None when the checkpoint has no ``key``."""
         return self(key, *shape) if key in self.checkpoint else None

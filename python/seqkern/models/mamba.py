@@ -75,8 +75,7 @@ class MambaLM(CausalLM):
         self.embedding = weights("backbone.embeddings.weight", vocab, hidden)
         self.layers = [self._load_layer(weights, config, i) for i in range(layers)]
         self.norm_f = weights("backbone.norm_f.weight", hidden)
-        tied = bool(config.get("tie_word_embeddings", True))  # as transformers ties it
-        self.lm_head = self.embedding if tied else weights("lm_head.weight", vocab, hidden)
+        self.lm_head = weights.output_head("lm_head.weight", self.embedding, config)
         super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
 
     def _load_layer(self, w: Weights, config: dict, i: int) -> _Layer:

@@ -132,8 +132,7 @@ class RwkvLM(CausalLM):
         self.blocks = [self._load_block(weights, i, layers) for i in range(layers)]
         self.ln_out_w = weights("rwkv.ln_out.weight", hidden)
         self.ln_out_b = weights("rwkv.ln_out.bias", hidden)
-        tied = bool(config.get("tie_word_embeddings", False))
-        self.head = self.embedding if tied else weights("head.weight", vocab, hidden)
+        self.head = weights.output_head("head.weight", self.embedding, config, False)
         super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
         self._wkv4 = direct_kernel(backend, self.dtype, "wkv4")
 
