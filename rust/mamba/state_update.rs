@@ -347,13 +347,21 @@ fn update_row<T: Real, A: Arch>(
     let blocks = n / ACC;
     for j in 0..blocks {
         let base = j * ACC;
-        let hs: &mut [T; ACC] = (&mut h[base..base + ACC]).try_into().expect("ACC elements");
-        let bs: &[T; ACC] = b[base..base + ACC].try_into().expect("ACC elements");
-        let cs: &[T; ACC] = c[base..base + ACC].try_into().expect("ACC elements");
+        // Work on copies of the block: LLVM keeps them in vector registers (writing through
+        // the slice while reading it back made it fall back to scalar code).
+        let slot: &mut [T; ACC] = (&mut h[base..base + ACC]).try_into().expect("ACC elements");
+        let mut hs = *slot;
+        let bs: [T; ACC] = b[base..base + ACC].try_into().expect("ACC elements");
+        let cs: [T; ACC] = c[base..base + ACC].try_into().expect("ACC elements");
+        let mut decays = [T::ZERO; ACC];
+        for (i, d) in decays.iter_mut().enumerate() {
+            *d = decay(base + i);
+        }
         for i in 0..ACC {
-            hs[i] = T::fma::<A>(decay(base + i), hs[i], dt_x * bs[i]);
+            hs[i] = T::fma::<A>(decays[i], hs[i], dt_x * bs[i]);
             acc[i] = T::fma::<A>(cs[i], hs[i], acc[i]);
         }
+        *slot = hs;
     }
     for k in blocks * ACC..n {
         h[k] = T::fma::<A>(decay(k), h[k], dt_x * b[k]);
