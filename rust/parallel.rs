@@ -65,8 +65,25 @@ where
     Init: Fn() -> S + Sync + Send,
     F: Fn(&mut S, I) + Sync + Send,
 {
+    for_each_init_above(PARALLEL_MIN_WORK, items, work, init, f)
+}
+
+/// [`for_each_init`] with the caller's own threshold: on the pool only when `work >= min_work`
+/// (in the caller's units), there are two items or more and the pool has more than one thread
+/// (handing a call to a one-thread pool only adds the hand-off).
+pub fn for_each_init_above<I, S, Init, F>(
+    min_work: usize,
+    items: Vec<I>,
+    work: usize,
+    init: Init,
+    f: F,
+) where
+    I: Send,
+    Init: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, I) + Sync + Send,
+{
     use rayon::prelude::*;
-    if work < PARALLEL_MIN_WORK || items.len() < 2 {
+    if work < min_work || items.len() < 2 || num_threads() < 2 {
         let mut scratch = init();
         items.into_iter().for_each(|item| f(&mut scratch, item));
     } else {

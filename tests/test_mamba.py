@@ -338,6 +338,57 @@ def test_each_path_decode(rng, dtype, dim, dstate, each_simd_path):
     assert_close(s1, s2, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("headdim, dstate", [(1, 16), (5, 33), (8, 128), (7, 7), (64, 20)])
+def test_each_path_decode_multihead(rng, dtype, headdim, dstate, each_simd_path):
+    """Mamba-2's form (one step size and decay per head): rows in blocks of four, sums over
+    the state in sixteen lanes, leftovers of both."""
+    batch, heads, groups = 2, 3, 3
+    state = rng.standard_normal((batch, heads, headdim, dstate))
+    kw = dict(
+        x=rng.standard_normal((batch, heads, headdim)),
+        dt=rng.standard_normal((batch, heads)),
+        A=-np.exp(rng.standard_normal(heads)),
+        B=rng.standard_normal((batch, groups, dstate)),
+        C=rng.standard_normal((batch, groups, dstate)),
+        D=rng.standard_normal(heads),
+        z=rng.standard_normal((batch, heads, headdim)),
+        dt_bias=rng.standard_normal(heads),
+        dt_softplus=True,
+    )
+    state_k = state.astype(dtype)
+    out = selective_state_update(state_k, **as_dtype(kw, dtype))
+    state_ref = state.copy()
+    out_ref = ref.selective_state_update(state_ref, **kw)
+    assert_close(out, out_ref, dtype)
+    assert_close(state_k, state_ref, dtype)
+
+
+def test_multihead_decode_is_bitwise_equal_on_avx2_and_avx512(rng, simd_path):
+    """The explicit AVX-512 rows and the AVX2 loop do the same operations in the same order."""
+    if seqkern.build_info()["simd_available"] != "avx512":
+        pytest.skip("needs AVX-512")
+    heads, headdim, dstate = 4, 6, 40
+    state = rng.standard_normal((1, heads, headdim, dstate)).astype(np.float32)
+    args = [
+        rng.standard_normal((1, heads, headdim)),
+        rng.standard_normal((1, heads)),
+        -np.exp(rng.standard_normal(heads)),
+        rng.standard_normal((1, 1, dstate)),
+        rng.standard_normal((1, 1, dstate)),
+        rng.standard_normal(heads),
+        rng.standard_normal((1, heads, headdim)),
+    ]
+    args = [a.astype(np.float32) for a in args]
+    results = {}
+    for path in ("avx2", "avx512"):
+        simd_path(path)
+        s = state.copy()
+        results[path] = (selective_state_update(s, *args, dt_softplus=True), s)
+    np.testing.assert_array_equal(results["avx2"][0], results["avx512"][0])
+    np.testing.assert_array_equal(results["avx2"][1], results["avx512"][1])
+
+
 def test_set_num_threads_and_build_info(threads):
     threads(1)
     assert seqkern.get_num_threads() == 1
