@@ -53,6 +53,7 @@ CONFIGS = {
     "mamba2": MAMBA2,
     "mamba2-one-group-bias": dict(MAMBA2, n_groups=1, use_bias=True, tie_word_embeddings=False),
     "mamba2-dt-limit": dict(MAMBA2, time_step_limit=[0.05, 0.9]),
+    "mamba2-no-conv-bias-width-2": dict(MAMBA2, use_conv_bias=False, conv_kernel=2),
 }
 
 
@@ -96,6 +97,20 @@ def test_seqkern_backend_matches_numpy_backend(folder, model64, rng):
     np.testing.assert_allclose(
         model64.forward(step_ids, cache)[0], reference.forward(step_ids, ref_cache)[0], **TIGHT
     )
+
+
+def test_decode_steps_agree_on_each_simd_path(rng, each_simd_path):
+    """The fused Mamba-2 step and the Mamba decode kernels on every SIMD path, float32 against
+    the float64 NumPy backend (float32 rounding over a few layers: 1e-4 relative)."""
+    for config in (CONFIGS["mamba2"], CONFIGS["mamba"]):
+        tensors = _tensors(config)
+        model = testing.model_from_tensors(config, tensors, dtype=np.float32)
+        reference = testing.model_from_tensors(config, tensors, dtype=np.float64, backend="numpy")
+        ids = _ids(rng, 2, 6)
+        cache, ref_cache = model.forward(ids[:, :5])[1], reference.forward(ids[:, :5])[1]
+        got = model.forward(ids[:, 5:], cache)[0]
+        want = reference.forward(ids[:, 5:], ref_cache)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 5])

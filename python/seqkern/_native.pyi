@@ -121,6 +121,36 @@ def causal_conv1d_update_f32(
 def causal_conv1d_update_f64(
     x: F64, conv_state: F64, weight: F64, bias: Optional[F64], silu: bool
 ) -> F64: ...
+def mamba2_step_f32(
+    zxbcdt: F32,
+    conv_state: F32,
+    ssm_state: F32,
+    conv_weight: F32,
+    conv_bias: Optional[F32],
+    dt_bias: F32,
+    a: F32,
+    d: F32,
+    norm_weight: F32,
+    groups: int,
+    eps: float,
+    dt_min: float,
+    dt_max: float,
+) -> F32: ...
+def mamba2_step_f64(
+    zxbcdt: F64,
+    conv_state: F64,
+    ssm_state: F64,
+    conv_weight: F64,
+    conv_bias: Optional[F64],
+    dt_bias: F64,
+    a: F64,
+    d: F64,
+    norm_weight: F64,
+    groups: int,
+    eps: float,
+    dt_min: float,
+    dt_max: float,
+) -> F64: ...
 
 # --- attention
 def causal_attention_f32(q: F32, k: F32, v: F32, scale: float) -> F32: ...

@@ -6,6 +6,7 @@ use super::{
 use crate::error::checked_product;
 use crate::mamba::conv1d::{self, ConvDims, ConvInputs};
 use crate::mamba::conv1d_channels_last::causal_conv1d_channels_last;
+use crate::mamba::mamba2_step::{mamba2_step, Mamba2StepDims, Mamba2StepInputs};
 use crate::mamba::ssd::{ssd_scan, ssd_scan_sequential, SsdDims, SsdInputs};
 use crate::mamba::state_update::Granularity;
 use crate::simd::Real;
@@ -20,6 +21,8 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(causal_conv1d_f64, m)?)?;
     m.add_function(wrap_pyfunction!(causal_conv1d_update_f32, m)?)?;
     m.add_function(wrap_pyfunction!(causal_conv1d_update_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(mamba2_step_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(mamba2_step_f64, m)?)?;
     Ok(())
 }
 
@@ -190,6 +193,106 @@ fn conv_update_generic<'py, T: Real + Element>(
     };
     to_numpy(py, &out_shape, out)
 }
+
+/// The layer parameters of one Mamba-2 decode step (see `mamba2_step`).
+struct StepParams<'py, T: Element> {
+    conv_weight: PyReadonlyArrayDyn<'py, T>,
+    conv_bias: Option<PyReadonlyArrayDyn<'py, T>>,
+    dt_bias: PyReadonlyArrayDyn<'py, T>,
+    a: PyReadonlyArrayDyn<'py, T>,
+    d: PyReadonlyArrayDyn<'py, T>,
+    norm_weight: PyReadonlyArrayDyn<'py, T>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_generic<'py, T: Real + Element>(
+    py: Python<'py>,
+    zxbcdt: PyReadonlyArrayDyn<'py, T>,
+    mut conv_state: PyReadwriteArrayDyn<'py, T>,
+    mut ssm_state: PyReadwriteArrayDyn<'py, T>,
+    params: StepParams<'py, T>,
+    groups: usize,
+    eps: T,
+    dt_limit: (T, T),
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let [batch, heads, headdim, dstate] = dims_of::<4>(
+        "ssm_state",
+        ssm_state.shape(),
+        "(batch, nheads, headdim, dstate)",
+    )?;
+    let [_, width] = dims_of::<2>("conv_weight", params.conv_weight.shape(), "(dim, width)")?;
+    let dims = Mamba2StepDims {
+        batch,
+        heads,
+        headdim,
+        dstate,
+        groups,
+        width,
+    };
+    let inputs = Mamba2StepInputs {
+        zxbcdt: as_slice("zxbcdt", &zxbcdt)?,
+        conv_weight: as_slice("conv_weight", &params.conv_weight)?,
+        conv_bias: as_opt_slice("conv_bias", &params.conv_bias)?,
+        dt_bias: as_slice("dt_bias", &params.dt_bias)?,
+        a: as_slice("A", &params.a)?,
+        d: as_slice("D", &params.d)?,
+        norm_weight: as_slice("norm_weight", &params.norm_weight)?,
+        eps,
+        dt_limit,
+    };
+    let out_shape = [batch, heads * headdim];
+    let out_len = checked_product("out", &out_shape)?;
+    let conv_state = as_mut_slice("conv_state", &mut conv_state)?;
+    let ssm_state = as_mut_slice("ssm_state", &mut ssm_state)?;
+    let out = run_detached_on_caller(py, || {
+        let mut out = vec![T::ZERO; out_len];
+        mamba2_step(dims, inputs, conv_state, ssm_state, &mut out)?;
+        Ok(out)
+    })?;
+    to_numpy(py, &out_shape, out)
+}
+
+macro_rules! step_entry_point {
+    ($t:ty, $step:ident) => {
+        /// Mamba-2's decode step after the input projection for one dtype: conv update,
+        /// state update with the gate, grouped RMS norm; both states are updated in place.
+        #[pyfunction]
+        #[pyo3(signature = (
+            zxbcdt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, a, d, norm_weight,
+            groups, eps, dt_min, dt_max
+        ))]
+        #[allow(clippy::too_many_arguments)]
+        fn $step<'py>(
+            py: Python<'py>,
+            zxbcdt: PyReadonlyArrayDyn<'py, $t>,
+            conv_state: PyReadwriteArrayDyn<'py, $t>,
+            ssm_state: PyReadwriteArrayDyn<'py, $t>,
+            conv_weight: PyReadonlyArrayDyn<'py, $t>,
+            conv_bias: Option<PyReadonlyArrayDyn<'py, $t>>,
+            dt_bias: PyReadonlyArrayDyn<'py, $t>,
+            a: PyReadonlyArrayDyn<'py, $t>,
+            d: PyReadonlyArrayDyn<'py, $t>,
+            norm_weight: PyReadonlyArrayDyn<'py, $t>,
+            groups: usize,
+            eps: $t,
+            dt_min: $t,
+            dt_max: $t,
+        ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
+            let params = StepParams {
+                conv_weight,
+                conv_bias,
+                dt_bias,
+                a,
+                d,
+                norm_weight,
+            };
+            step_generic(py, zxbcdt, conv_state, ssm_state, params, groups, eps, (dt_min, dt_max))
+        }
+    };
+}
+
+step_entry_point!(f32, mamba2_step_f32);
+step_entry_point!(f64, mamba2_step_f64);
 
 macro_rules! typed_entry_points {
     ($t:ty, $ssd:ident, $conv:ident, $update:ident) => {

@@ -25,8 +25,16 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _native
 from .checkpoint import config_float
 from .core import Cache, CausalLM, Weights, rms_norm, softplus
+
+
+# One decode step after in_proj (conv update, gated state update, grouped norm) in one call.
+_FUSED_STEP = {
+    np.dtype(np.float32): _native.mamba2_step_f32,
+    np.dtype(np.float64): _native.mamba2_step_f64,
+}
 
 
 @dataclass
@@ -218,10 +226,33 @@ class Mamba2LM(CausalLM):
 
     def _mix_token(self, layer: _Layer, h: np.ndarray, conv: np.ndarray, ssm: np.ndarray):
         """The mixer for one token (B, hidden), updating the states in place."""
-        k = self.kernels
         zxbcdt = h @ layer.in_proj.T
         if layer.in_bias is not None:
             zxbcdt += layer.in_bias
+        if self.kernels.name == "seqkern":
+            y = _FUSED_STEP[np.dtype(self.dtype)](
+                zxbcdt,
+                conv,
+                ssm,
+                layer.conv_weight,
+                layer.conv_bias,
+                layer.dt_bias,
+                layer.A,
+                layer.D,
+                layer.gate_norm,
+                self.groups,
+                self.eps,
+                *self.dt_limit,
+            )
+        else:
+            y = self._mix_token_unfused(layer, zxbcdt, conv, ssm)
+        out = y @ layer.out_proj.T
+        return out if layer.out_bias is None else out + layer.out_bias
+
+    def _mix_token_unfused(self, layer: _Layer, zxbcdt: np.ndarray, conv, ssm) -> np.ndarray:
+        """conv update, state update and gated norm as separate kernel calls (the NumPy
+        backend; the seqkern backend runs the same formulas in one call, ``mamba2_step``)."""
+        k = self.kernels
         z, xbc, dt = np.split(zxbcdt, [self.d_inner, self.d_inner + self.conv_dim], axis=-1)
         xbc = k.causal_conv1d_update(xbc, conv, layer.conv_weight, layer.conv_bias, "silu")
         x, b, c = self._split_xbc(xbc)
@@ -233,9 +264,7 @@ class Mamba2LM(CausalLM):
         y = k.selective_state_update(
             ssm, x, dt, layer.A, b, c, layer.D, z.reshape(x.shape), dt_bias, dt_softplus
         )
-        y = self._group_norm(y.reshape(z.shape), layer.gate_norm)
-        out = y @ layer.out_proj.T
-        return out if layer.out_bias is None else out + layer.out_bias
+        return self._group_norm(y.reshape(z.shape), layer.gate_norm)
 
 
 def from_checkpoint(config: dict, weights: Weights, backend: str) -> Mamba2LM:
