@@ -1,8 +1,6 @@
 //! Bindings of the RWKV WKV kernels.
 
-use super::{
-    as_opt_slice, as_slice, dims_of, run_detached, run_detached_on_caller, to_numpy, AlignedOutput,
-};
+use super::{as_opt_slice, as_slice, dims_of, run_detached_on_caller, to_numpy, AlignedOutput};
 use crate::error::checked_product;
 use crate::rwkv::wkv4::{wkv4_into, Wkv4Dims, Wkv4Inputs};
 use crate::rwkv::wkv6::{wkv6, LogDecay, Wkv6Inputs};
@@ -52,7 +50,8 @@ where
 {
     let y_len = checked_product("y", y_shape)?;
     let state_len = checked_product("state", state_shape)?;
-    let (y, state) = run_detached(py, || {
+    // On the calling thread: the kernels enter the pool themselves when the call is large.
+    let (y, state) = run_detached_on_caller(py, || {
         let mut y = vec![T::ZERO; y_len];
         let mut state = vec![T::ZERO; state_len];
         kernel(&mut y, &mut state)?;

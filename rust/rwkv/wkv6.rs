@@ -14,11 +14,11 @@
 
 use super::{
     column_tiles, load_state_tile, load_tile, prefetch, store_state_tile, store_tile, ColumnTile,
-    DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
+    DisjointOutput, HeadDims, Lanes, StateRow, LANES, PARALLEL_MIN_STATE_STEPS, PREFETCH_AHEAD,
 };
 use crate::error::{check_len, KernelError};
+use crate::parallel;
 use crate::simd::{self, Arch, Kernel, Real};
-use rayon::prelude::*;
 
 /// The log-decay w of a call.
 #[derive(Clone, Copy, Debug)]
@@ -61,8 +61,9 @@ pub fn wkv6<T: Real>(
     let isa = simd::isa();
     let y = DisjointOutput::new(y);
     let state_out = DisjointOutput::new(state_out);
-    let tiles = column_tiles::<T>(&dims, rayon::current_num_threads());
-    tiles.into_par_iter().for_each(|tile| {
+    let tiles = column_tiles::<T>(&dims, parallel::num_threads());
+    let work = dims.batch * dims.len * dims.heads * dims.head_size * dims.head_size;
+    let run_tile = |_: &mut (), tile: ColumnTile| {
         let job = TileJob {
             dims,
             inputs,
@@ -71,7 +72,8 @@ pub fn wkv6<T: Real>(
             state_out: &state_out,
         };
         simd::dispatch_on(isa, job);
-    });
+    };
+    parallel::for_each_init_above(PARALLEL_MIN_STATE_STEPS, tiles, work, || (), run_tile);
     Ok(())
 }
 

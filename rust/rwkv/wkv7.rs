@@ -15,11 +15,11 @@
 
 use super::{
     column_tiles, load_state_tile, load_tile, prefetch, store_state_tile, store_tile, ColumnTile,
-    DisjointOutput, HeadDims, Lanes, StateRow, LANES, PREFETCH_AHEAD,
+    DisjointOutput, HeadDims, Lanes, StateRow, LANES, PARALLEL_MIN_STATE_STEPS, PREFETCH_AHEAD,
 };
 use crate::error::{check_len, KernelError};
+use crate::parallel;
 use crate::simd::{self, Arch, Kernel, Real};
-use rayon::prelude::*;
 
 /// Inputs of one call, all `(B, T, H, N)` and C-contiguous.
 #[derive(Clone, Copy, Debug)]
@@ -68,8 +68,9 @@ pub fn wkv7<T: Real>(
     let isa = simd::isa();
     let y = DisjointOutput::new(y);
     let state_out = DisjointOutput::new(state_out);
-    let tiles = column_tiles::<T>(&dims, rayon::current_num_threads());
-    tiles.into_par_iter().for_each(|tile| {
+    let tiles = column_tiles::<T>(&dims, parallel::num_threads());
+    let work = dims.batch * dims.len * dims.heads * dims.head_size * dims.head_size;
+    let run_tile = |_: &mut (), tile: ColumnTile| {
         let job = TileJob {
             dims,
             inputs,
@@ -78,7 +79,8 @@ pub fn wkv7<T: Real>(
             state_out: &state_out,
         };
         simd::dispatch_on(isa, job);
-    });
+    };
+    parallel::for_each_init_above(PARALLEL_MIN_STATE_STEPS, tiles, work, || (), run_tile);
     Ok(())
 }
 
@@ -134,9 +136,12 @@ impl<T: Real> TileJob<'_, '_, T> {
             let first = dims.token_offset(tile.batch, 0, tile.head);
             for (g, (state, sa)) in states.iter().zip(&mut sa).enumerate() {
                 let a = &x.a[first + g * n..first + (g + 1) * n];
+                // Summed in a local (kept in registers), not through the reference.
+                let mut acc = [[T::ZERO; LANES]; TB];
                 for (s_row, &a_i) in state.iter().zip(a) {
-                    accumulate::<T, A, TB>(sa, a_i, &s_row.0);
+                    accumulate::<T, A, TB>(&mut acc, a_i, &s_row.0);
                 }
+                *sa = acc;
             }
         }
         let mut decay = vec![T::ZERO; tile.heads * n];
