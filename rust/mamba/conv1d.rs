@@ -432,6 +432,10 @@ impl<T: Real> Kernel for UpdateJob<'_, '_, T> {
         );
         let context = width - 1;
         let rows = self.out.len() / len;
+        if len == 1 && s == context {
+            self.one_token::<A>(rows);
+            return;
+        }
         for r in 0..rows {
             let row = self.first_row + r;
             let channel = row % dim;
@@ -459,6 +463,39 @@ impl<T: Real> Kernel for UpdateJob<'_, '_, T> {
         }
         if self.dims.silu {
             // One vectorised pass over the task's outputs.
+            for o in self.out.iter_mut() {
+                *o = o.silu();
+            }
+        }
+    }
+}
+
+impl<T: Real> UpdateJob<'_, '_, T> {
+    /// The decode step proper (one token, a state of exactly width - 1 inputs), without the
+    /// general path's per-row closures and copies: the same sums in the same order.
+    #[inline(always)]
+    fn one_token<A: Arch>(self, rows: usize) {
+        let (width, dim) = (self.dims.width, self.dims.dim);
+        let context = width - 1;
+        for r in 0..rows {
+            let row = self.first_row + r;
+            let channel = row % dim;
+            let state = &mut self.states[r * context..(r + 1) * context];
+            let weight = &self.inputs.weight[channel * width..(channel + 1) * width];
+            let x = self.inputs.x[row];
+            // out = bias + sum_k w[k] joined[k], joined = [state, x].
+            let mut acc = self.inputs.bias.map_or(T::ZERO, |b| b[channel]);
+            for (&w, &v) in weight.iter().zip(state.iter()) {
+                acc = T::fma::<A>(w, v, acc);
+            }
+            self.out[r] = T::fma::<A>(weight[context], x, acc);
+            // state = joined[1..]
+            for k in 1..context {
+                state[k - 1] = state[k];
+            }
+            state[context - 1] = x;
+        }
+        if self.dims.silu {
             for o in self.out.iter_mut() {
                 *o = o.silu();
             }
