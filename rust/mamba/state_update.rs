@@ -10,7 +10,6 @@
 //!
 //! Rows run in parallel; within a row the loop over the state dimension vectorises.
 
-use super::selective_scan::{selective_scan, BcForm, ScanDims, ScanInputs};
 use crate::error::{check_len, KernelError};
 use crate::parallel;
 use crate::simd::{self, Arch, Kernel, Real};
@@ -145,9 +144,6 @@ pub fn selective_state_update<T: Real>(
             &granular_dims(dims.bias_form, &[], heads, headdim),
         )?;
     }
-    if dims.a_form == DecayForm::Full && headdim == 1 {
-        return update_as_scan(dims, inputs, state, out);
-    }
     let isa = simd::isa();
     // A task takes whole (batch, head) pairs, about 16k state elements' worth.
     let head_len = headdim * dstate;
@@ -202,43 +198,6 @@ fn split_heads<'o, T>(
     parts
 }
 
-/// The Mamba-1 form (`headdim = 1`, A per channel) is one step of the selective scan, whose
-/// kernel vectorises across channels; B and C `(batch, groups, dstate)` are the scan's
-/// `(batch, groups, dstate, 1)`.
-fn update_as_scan<T: Real>(
-    dims: UpdateDims,
-    inputs: UpdateInputs<'_, T>,
-    state: &mut [T],
-    out: &mut [T],
-) -> Result<(), KernelError> {
-    let previous = state.to_vec();
-    let scan_dims = ScanDims {
-        batch: dims.batch,
-        dim: dims.heads,
-        dstate: dims.dstate,
-        len: 1,
-        b_form: BcForm::Variable {
-            groups: dims.groups,
-        },
-        c_form: BcForm::Variable {
-            groups: dims.groups,
-        },
-    };
-    let scan_inputs = ScanInputs {
-        u: inputs.x,
-        delta: inputs.dt,
-        a: inputs.a,
-        b: inputs.b,
-        c: inputs.c,
-        d: inputs.d,
-        z: inputs.z,
-        delta_bias: inputs.dt_bias,
-        delta_softplus: inputs.dt_softplus,
-        initial_state: Some(&previous),
-    };
-    selective_scan(scan_dims, scan_inputs, out, state)
-}
-
 /// State elements below which a step runs on the calling thread: an element costs a few
 /// vector instructions, so a decode step of mamba2-130m (24 x 64 x 128, ~13 us on one core)
 /// is less work than waking the pool and waiting for it.
@@ -268,6 +227,10 @@ impl<T: Real> Kernel for HeadsJob<'_, '_, T> {
             groups,
             ..
         } = self.dims;
+        if self.dims.a_form == DecayForm::Full && headdim == 1 {
+            self.channels::<A>();
+            return;
+        }
         let inputs = self.inputs;
         let head_len = headdim * n;
         let count = self.out.len().checked_div(headdim).unwrap_or(0);
@@ -314,11 +277,11 @@ impl<T: Real> Kernel for HeadsJob<'_, '_, T> {
                 let y = match self.dims.a_form {
                     DecayForm::PerHead => {
                         let decay = (dt * inputs.a[head]).exp_on::<A>();
-                        update_row::<T, A>(h, b_vec, c_vec, dt * x, |_| decay)
+                        update_row::<T, A>(h, b_vec, c_vec, dt * x, Decay::Uniform(decay))
                     }
                     DecayForm::Full => {
                         let a = &inputs.a[(head * headdim + p) * n..][..n];
-                        update_row::<T, A>(h, b_vec, c_vec, dt * x, |k| (dt * a[k]).exp_on::<A>())
+                        update_row::<T, A>(h, b_vec, c_vec, dt * x, Decay::PerState(dt, a))
                     }
                 };
                 self.out[i * headdim + p] = finish::<T, A>(&self.dims, &inputs, head, p, row, y);
@@ -328,6 +291,43 @@ impl<T: Real> Kernel for HeadsJob<'_, '_, T> {
 }
 
 impl<T: Real> HeadsJob<'_, '_, T> {
+    /// The Mamba-1 form (one channel per head, A per channel and state index): the step sizes
+    /// and gates of a block of [`CHANNELS`] channels first, in loops that vectorise across
+    /// channels, then each channel's row of the state as one vector (decays included).
+    #[inline(always)]
+    fn channels<A: Arch>(self) {
+        let (heads, n, groups) = (self.dims.heads, self.dims.dstate, self.dims.groups);
+        let inputs = self.inputs;
+        let count = self.out.len();
+        for c0 in (0..count).step_by(CHANNELS) {
+            let m = CHANNELS.min(count - c0);
+            let first = self.first + c0;
+            let mut dts = [T::ZERO; CHANNELS];
+            for (j, dt) in dts[..m].iter_mut().enumerate() {
+                *dt = self.step_size::<A>(first + j, (first + j) % heads, 0);
+            }
+            let mut gates = [T::ONE; CHANNELS];
+            if let Some(z) = inputs.z {
+                for (g, &z) in gates[..m].iter_mut().zip(&z[first..first + m]) {
+                    *g = z.silu_on::<A>();
+                }
+            }
+            for j in 0..m {
+                let bh = first + j;
+                let (b, head) = (bh / heads, bh % heads);
+                let bc = (b * groups + head / (heads / groups)) * n;
+                let (b_vec, c_vec) = (&inputs.b[bc..bc + n], &inputs.c[bc..bc + n]);
+                let (dt, x, a) = (dts[j], inputs.x[bh], &inputs.a[head * n..(head + 1) * n]);
+                let h = &mut self.state[(c0 + j) * n..(c0 + j + 1) * n];
+                let mut y = update_row::<T, A>(h, b_vec, c_vec, dt * x, Decay::PerState(dt, a));
+                if let Some(d) = inputs.d {
+                    y += d[head] * x;
+                }
+                self.out[c0 + j] = y * gates[j];
+            }
+        }
+    }
+
     /// dt' = softplus(dt + dt_bias) for row (bh, p).
     #[inline(always)]
     fn step_size<A: Arch>(&self, bh: usize, head: usize, p: usize) -> T {
@@ -362,6 +362,9 @@ fn finish<T: Real, A: Arch>(
     }
     y
 }
+
+/// Channels per block of the Mamba-1 form's step sizes and gates.
+const CHANNELS: usize = 64;
 
 /// State rows updated together when a head has one step size and decay (independent rows
 /// interleaved hide the latency of each row's chain of sums).
@@ -417,7 +420,7 @@ fn update_rows_uniform<T: Real, A: Arch>(
         return;
     }
     for (r, (h, &dt_x)) in block.chunks_exact_mut(n).zip(dt_x).enumerate() {
-        ys[r] = update_row::<T, A>(h, b, c, dt_x, |_| decay);
+        ys[r] = update_row::<T, A>(h, b, c, dt_x, Decay::Uniform(decay));
     }
 }
 
@@ -481,16 +484,45 @@ fn tree_sum<T: Real>(mut lanes: [T; ACC]) -> T {
     lanes[0]
 }
 
+/// The decay of a state row: one value, or exp(dt A[k]) per state index k.
+#[derive(Clone, Copy)]
+enum Decay<'a, T> {
+    Uniform(T),
+    PerState(T, &'a [T]),
+}
+
+impl<T: Real> Decay<'_, T> {
+    /// The decay of index k.
+    #[inline(always)]
+    fn at<A: Arch>(&self, k: usize) -> T {
+        match *self {
+            Decay::Uniform(d) => d,
+            Decay::PerState(dt, a) => (dt * a[k]).exp_on::<A>(),
+        }
+    }
+
+    /// The decays of indices base..base + ACC, from a copy of A's block so that the
+    /// exponentials vectorise.
+    #[inline(always)]
+    fn block<A: Arch>(&self, base: usize) -> [T; ACC] {
+        match *self {
+            Decay::Uniform(d) => [d; ACC],
+            Decay::PerState(dt, a) => {
+                let a: [T; ACC] = a[base..base + ACC].try_into().expect("ACC elements");
+                let mut d = [T::ZERO; ACC];
+                for i in 0..ACC {
+                    d[i] = (dt * a[i]).exp_on::<A>();
+                }
+                d
+            }
+        }
+    }
+}
+
 /// `h[k] = decay(k) h[k] + dt_x B[k]`; returns `sum_k C[k] h[k]`, accumulated in ACC
 /// partial sums (k mod ACC) over fixed-size blocks so that the loop vectorises.
 #[inline(always)]
-fn update_row<T: Real, A: Arch>(
-    h: &mut [T],
-    b: &[T],
-    c: &[T],
-    dt_x: T,
-    decay: impl Fn(usize) -> T,
-) -> T {
+fn update_row<T: Real, A: Arch>(h: &mut [T], b: &[T], c: &[T], dt_x: T, decay: Decay<'_, T>) -> T {
     let n = h.len();
     let (b, c) = (&b[..n], &c[..n]);
     let mut acc = [T::ZERO; ACC];
@@ -503,10 +535,7 @@ fn update_row<T: Real, A: Arch>(
         let mut hs = *slot;
         let bs: [T; ACC] = b[base..base + ACC].try_into().expect("ACC elements");
         let cs: [T; ACC] = c[base..base + ACC].try_into().expect("ACC elements");
-        let mut decays = [T::ZERO; ACC];
-        for (i, d) in decays.iter_mut().enumerate() {
-            *d = decay(base + i);
-        }
+        let decays = decay.block::<A>(base);
         for i in 0..ACC {
             hs[i] = T::fma::<A>(decays[i], hs[i], dt_x * bs[i]);
             acc[i] = T::fma::<A>(cs[i], hs[i], acc[i]);
@@ -514,7 +543,7 @@ fn update_row<T: Real, A: Arch>(
         *slot = hs;
     }
     for k in blocks * ACC..n {
-        h[k] = T::fma::<A>(decay(k), h[k], dt_x * b[k]);
+        h[k] = T::fma::<A>(decay.at::<A>(k), h[k], dt_x * b[k]);
         acc[k % ACC] = T::fma::<A>(c[k], h[k], acc[k % ACC]);
     }
     tree_sum(acc)
