@@ -5,7 +5,8 @@ context, on seqkern, on the NumPy references (the same model code, ``backend="nu
 the model's own linear layers alone (every ``x @ W.T`` of the model, back to back in NumPy:
 T rows for the prefill, one row for the decode: the floor a model cannot beat without faster
 matmuls). Rounds of the three are interleaved so that they see the same moments of a shared
-machine; each figure is the median of its rounds.
+machine; each time is the median of its rounds, each ratio the median over rounds of the
+ratio measured within the round.
 
 Usage: ``python -m seqkern.bench.models [--model NAME ...] [--prompt 1024] [--context 512]
 [--repeats 5] [--skip-numpy] [--json PATH]``.
@@ -103,8 +104,9 @@ def _decode(model: Any, ids: np.ndarray, context: int, tokens: int) -> Callable[
 
 def interleaved(
     fns: dict[str, Callable[[], None]], repeats: dict[str, int], per_call: dict[str, int]
-):
-    """Median seconds per unit of each function, rounds interleaved; ``per_call`` divides."""
+) -> dict[str, list[float]]:
+    """Seconds per unit of each function in each round (rounds interleaved, so that a slow
+    moment of a shared machine hits the functions of one round alike); ``per_call`` divides."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         warm_up(fn, 0.3)
@@ -117,6 +119,15 @@ def interleaved(
             samples[name].append((time.perf_counter() - start) / per_call[name])
             if name == "numpy":
                 settle_after_numpy()
+    return samples
+
+
+def round_ratio(samples: dict[str, list[float]]) -> float:
+    """The median over rounds of seqkern / floor measured in the same round."""
+    return statistics.median(s / f for s, f in zip(samples["seqkern"], samples["floor"]))
+
+
+def _medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -133,21 +144,22 @@ def measure(
     if numpy:
         prefill["numpy"] = _prefill(reference, ids[:, :prompt])
         decode["numpy"] = _decode(reference, ids, context, 2)
-    prefill_s = interleaved(prefill, counts, {"seqkern": 1, "floor": 1, "numpy": 1})
-    decode_s = interleaved(
+    prefill_rounds = interleaved(prefill, counts, {"seqkern": 1, "floor": 1, "numpy": 1})
+    decode_rounds = interleaved(
         decode,
         dict(counts, numpy=max(1, repeats // 2)),
         {"seqkern": decode_tokens, "floor": 1, "numpy": 2},
     )
+    prefill_s, decode_s = _medians(prefill_rounds), _medians(decode_rounds)
     cache = model.forward(ids[:, :context])[1]
     return {
         "model": name,
         "prompt": prompt,
         "context": context,
         "prefill_seconds": prefill_s,
-        "prefill_vs_floor": prefill_s["seqkern"] / prefill_s["floor"],
+        "prefill_vs_floor": round_ratio(prefill_rounds),
         "decode_seconds": decode_s,
-        "decode_vs_floor": decode_s["seqkern"] / decode_s["floor"],
+        "decode_vs_floor": round_ratio(decode_rounds),
         "cache_bytes": cache.nbytes,
         "parameters": model.num_parameters,
     }
@@ -198,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
     print(
         f"prefill: {args.prompt} tokens, all logits; decode: per token after {args.context}; "
-        "ratio = seqkern / floor (the model's linear layers alone)"
+        "ratio = median over rounds of seqkern / floor (the model's linear layers alone) "
+        "in the same round"
     )
     if args.json:
         with open(args.json, "w") as handle:

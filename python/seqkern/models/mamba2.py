@@ -29,7 +29,6 @@ from .. import _native
 from .checkpoint import config_float
 from .core import Cache, CausalLM, Weights, rms_norm, softplus
 
-
 # One decode step after in_proj (conv update, gated state update, grouped norm) in one call.
 _FUSED_STEP = {
     np.dtype(np.float32): _native.mamba2_step_f32,
