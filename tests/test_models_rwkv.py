@@ -218,6 +218,15 @@ def test_numpy_backend_is_the_oracle(path):
         np.testing.assert_allclose(c1[name], c2[name], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+def test_long_prompt_numpy_backend_is_the_oracle(path):
+    """A prompt long enough that the fused RWKV-7 output runs as several tasks (and the wkv
+    kernels on the pool)."""
+    ids = ids_of(2, 300)
+    fast = models.load(path, dtype=np.float64)
+    oracle = models.load(path, dtype=np.float64, backend="numpy")
+    np.testing.assert_allclose(fast(ids), oracle(ids), rtol=0, atol=F64_TOL)
+
+
 # --- storage dtypes and shards
 
 

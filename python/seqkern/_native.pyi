@@ -177,6 +177,12 @@ def wkv7_f32(
 def wkv7_f64(
     r: F64, w: F64, k: F64, v: F64, a: F64, b: F64, state: Optional[F64], scale: float
 ) -> tuple[F64, F64]: ...
+def rwkv7_output_f32(
+    y: F32, r: F32, k: F32, v: F32, g: F32, r_k: F32, ln_w: F32, ln_b: F32, eps: float
+) -> F32: ...
+def rwkv7_output_f64(
+    y: F64, r: F64, k: F64, v: F64, g: F64, r_k: F64, ln_w: F64, ln_b: F64, eps: float
+) -> F64: ...
 
 # --- ternary
 I8 = npt.NDArray[np.int8]

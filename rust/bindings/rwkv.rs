@@ -2,6 +2,7 @@
 
 use super::{as_opt_slice, as_slice, dims_of, run_detached_on_caller, to_numpy, AlignedOutput};
 use crate::error::checked_product;
+use crate::rwkv::rwkv7_output::{rwkv7_output, Rwkv7OutputInputs};
 use crate::rwkv::wkv4::{wkv4_into, Wkv4Dims, Wkv4Inputs};
 use crate::rwkv::wkv6::{wkv6, LogDecay, Wkv6Inputs};
 use crate::rwkv::wkv7::{wkv7, Wkv7Inputs};
@@ -19,6 +20,8 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wkv6_f64, m)?)?;
     m.add_function(wrap_pyfunction!(wkv7_f32, m)?)?;
     m.add_function(wrap_pyfunction!(wkv7_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(rwkv7_output_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(rwkv7_output_f64, m)?)?;
     Ok(())
 }
 
@@ -230,3 +233,65 @@ macro_rules! typed_entry_points {
 
 typed_entry_points!(f32, wkv4_f32, wkv5_f32, wkv6_f32, wkv7_f32);
 typed_entry_points!(f64, wkv4_f64, wkv5_f64, wkv6_f64, wkv7_f64);
+
+#[allow(clippy::too_many_arguments)]
+fn rwkv7_output_generic<'py, T: Real + Element>(
+    py: Python<'py>,
+    y: Array<'py, T>,
+    r: Array<'py, T>,
+    k: Array<'py, T>,
+    v: Array<'py, T>,
+    g: Array<'py, T>,
+    r_k: Array<'py, T>,
+    ln_w: Array<'py, T>,
+    ln_b: Array<'py, T>,
+    eps: f64,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let dims = head_dims(&y)?;
+    let inputs = Rwkv7OutputInputs {
+        y: as_slice("y", &y)?,
+        r: as_slice("r", &r)?,
+        k: as_slice("k", &k)?,
+        v: as_slice("v", &v)?,
+        g: as_slice("g", &g)?,
+        r_k: as_slice("r_k", &r_k)?,
+        ln_w: as_slice("ln_x weight", &ln_w)?,
+        ln_b: as_slice("ln_x bias", &ln_b)?,
+        eps: T::from_f64(eps),
+    };
+    let shape = [dims.batch, dims.len, dims.heads * dims.head_size];
+    let len = checked_product("out", &shape)?;
+    let out = run_detached_on_caller(py, || {
+        let mut out = vec![T::ZERO; len];
+        rwkv7_output(dims.heads, dims.head_size, inputs, &mut out)?;
+        Ok(out)
+    })?;
+    to_numpy(py, &shape, out)
+}
+
+macro_rules! output_entry_point {
+    ($t:ty, $name:ident) => {
+        /// RWKV-7's time-mix output after wkv7 for one dtype: ln_x group norm, r_k bonus,
+        /// gate; y, r, k, v are (B, T, H, N), g is (B, T, H N); returns (B, T, H N).
+        #[pyfunction]
+        #[pyo3(signature = (y, r, k, v, g, r_k, ln_w, ln_b, eps))]
+        #[allow(clippy::too_many_arguments)]
+        fn $name<'py>(
+            py: Python<'py>,
+            y: Array<'py, $t>,
+            r: Array<'py, $t>,
+            k: Array<'py, $t>,
+            v: Array<'py, $t>,
+            g: Array<'py, $t>,
+            r_k: Array<'py, $t>,
+            ln_w: Array<'py, $t>,
+            ln_b: Array<'py, $t>,
+            eps: f64,
+        ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
+            rwkv7_output_generic(py, y, r, k, v, g, r_k, ln_w, ln_b, eps)
+        }
+    };
+}
+
+output_entry_point!(f32, rwkv7_output_f32);
+output_entry_point!(f64, rwkv7_output_f64);

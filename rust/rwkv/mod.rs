@@ -11,6 +11,7 @@
 //! operations. The parallel tasks are tiles of value columns of a group of consecutive heads
 //! (see `column_tiles`); each task keeps its state tiles in cache for the whole sequence.
 
+pub mod rwkv7_output;
 pub mod wkv4;
 pub mod wkv6;
 pub mod wkv7;

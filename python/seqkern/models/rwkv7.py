@@ -180,6 +180,12 @@ class Rwkv7LM(CausalLM):
         self.head = weights("head.weight", vocab, c)
         super().__init__(config, weights.dtype, backend, vocab, layers, weights.count)
         self._wkv7 = direct_kernel(backend, self.dtype, "wkv7")
+        self._fused_output = None
+        if backend == "seqkern":
+            from .. import _native
+
+            suffix = "f32" if self.dtype == np.float32 else "f64"
+            self._fused_output = getattr(_native, f"rwkv7_output_{suffix}")
 
     def _load_block(self, w: Weights, i: int) -> _Block:
         p = f"blocks.{i}."
@@ -303,6 +309,12 @@ class Rwkv7LM(CausalLM):
         b_arg = a.reshape(heads_shape)
         b_arg *= kk
         y, state[...] = self._wkv7(r4, log_w.reshape(heads_shape), k4, v4, -kk, b_arg, state)
+        if self._fused_output is not None:
+            # ln_x, the r_k bonus and the gate in one call (the same formulas as below).
+            y = self._fused_output(
+                y, r4, k4, v4, g, block.r_k, block.ln_x_w, block.ln_x_b, GROUP_NORM_EPS
+            )
+            return y @ block.output.T, v_first
         y = self._group_norm(y, block)
         bonus = r4 * k4
         bonus *= block.r_k
