@@ -29,6 +29,8 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int8_quantize_rows_f64, m)?)?;
     m.add_function(wrap_pyfunction!(int8_matmul_f32, m)?)?;
     m.add_function(wrap_pyfunction!(int8_matmul_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_matmul_quantized_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_matmul_quantized_f64, m)?)?;
     Ok(())
 }
 
@@ -247,11 +249,12 @@ fn int8_quantize_rows_generic<'py, T: QuantFloat + Element>(
     Ok((to_numpy(py, &[n, k], codes)?, to_numpy(py, &[n], scales)?))
 }
 
-fn int8_matmul_generic<'py, T: Int8Float + Element>(
+fn int8_matmul_generic<'py, T: Int8Float + QuantFloat + Element>(
     py: Python<'py>,
     x: PyReadonlyArrayDyn<'py, T>,
     codes: PyReadonlyArrayDyn<'py, i8>,
     scales: PyReadonlyArrayDyn<'py, f32>,
+    quantized: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
     let [m, k] = dims_of::<2>("x", x.shape(), "2 dimensions")?;
     let [n, _] = dims_of::<2>("codes", codes.shape(), "2 dimensions")?;
@@ -263,14 +266,18 @@ fn int8_matmul_generic<'py, T: Int8Float + Element>(
     let len = checked_product("x", &[m, n])?;
     let out = run_detached(py, || {
         let mut out = vec![T::ZERO; len];
-        int8::int8_matmul(x, m, codes, scales, n, k, &mut out)?;
+        if quantized {
+            int8::int8_matmul_quantized(x, m, codes, scales, n, k, &mut out)?;
+        } else {
+            int8::int8_matmul(x, m, codes, scales, n, k, &mut out)?;
+        }
         Ok(out)
     })?;
     to_numpy(py, &[m, n], out)
 }
 
 macro_rules! int8_entry_points {
-    ($t:ty, $quantize:ident, $matmul:ident) => {
+    ($t:ty, $quantize:ident, $matmul:ident, $matmul_quantized:ident) => {
         /// Quantizes W (`(N, K)`) to int8 with one scale per row: returns `(codes, scales)`.
         #[pyfunction]
         fn $quantize<'py>(
@@ -288,10 +295,32 @@ macro_rules! int8_entry_points {
             codes: PyReadonlyArrayDyn<'py, i8>,
             scales: PyReadonlyArrayDyn<'py, f32>,
         ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
-            int8_matmul_generic(py, x, codes, scales)
+            int8_matmul_generic(py, x, codes, scales, false)
+        }
+
+        /// `(q @ codes.T) * scales / a` for x (`(M, K)`) quantized per row to int8 codes q
+        /// with scales a (BitNet's activation quantization): `(M, N)`.
+        #[pyfunction]
+        fn $matmul_quantized<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            codes: PyReadonlyArrayDyn<'py, i8>,
+            scales: PyReadonlyArrayDyn<'py, f32>,
+        ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
+            int8_matmul_generic(py, x, codes, scales, true)
         }
     };
 }
 
-int8_entry_points!(f32, int8_quantize_rows_f32, int8_matmul_f32);
-int8_entry_points!(f64, int8_quantize_rows_f64, int8_matmul_f64);
+int8_entry_points!(
+    f32,
+    int8_quantize_rows_f32,
+    int8_matmul_f32,
+    int8_matmul_quantized_f32
+);
+int8_entry_points!(
+    f64,
+    int8_quantize_rows_f64,
+    int8_matmul_f64,
+    int8_matmul_quantized_f64
+);
