@@ -6,7 +6,8 @@ contexts, prefill, and the int8 head, each beside its floor.
   one row, plus the head's GEMV), and the attention part is the 30 attention calls alone
   with the bytes of cache they read.
 - prefill: a prompt of T tokens (all logits) against the same layers alone on T rows.
-- head: the 128256 x 2560 GEMV in int8 (seqkern) beside float32 (NumPy), ms and GB/s.
+- head: the 128256 x 2560 GEMV in int8 (seqkern; int8 or float activations) beside float32
+  (NumPy), ms and GB/s.
 
 The decode cache is filled with constant keys and values instead of running a C-token
 prefill first (a step's cost does not depend on the values). Usage: ``python -m
@@ -151,14 +152,21 @@ def attention_alone(model: bitnet.BitNetLM, context: int) -> tuple[Callable[[], 
 
 
 def head_gemv(model: bitnet.BitNetLM, repeats: int) -> dict[str, float]:
-    """The head's GEMV at batch 1: int8 (seqkern) and float32 (NumPy)."""
+    """The head's GEMV at batch 1, side by side: int8 codes with int8 activations (the model's
+    ``head="int8"``: exact int32 sums, VNNI where available), int8 codes with float activations,
+    and float32 (NumPy)."""
     x = np.random.default_rng(0).standard_normal((1, model.hidden_size)).astype(np.float32)
     weight = ternary.Int8Weight.from_float(model.lm_head)
     int8_s = median_seconds(lambda: ternary.int8_matmul(x, weight), repeats)
+    float_act_s = median_seconds(
+        lambda: ternary.int8_matmul(x, weight, activations="float"), repeats
+    )
     float_s = median_seconds(lambda: x @ model.lm_head.T, repeats)
     return {
         "int8_ms": int8_s * 1e3,
         "int8_GBps": weight.nbytes / int8_s / 1e9,
+        "int8_float_activations_ms": float_act_s * 1e3,
+        "int8_float_activations_GBps": weight.nbytes / float_act_s / 1e9,
         "float32_ms": float_s * 1e3,
         "float32_GBps": model.lm_head.nbytes / float_s / 1e9,
     }
@@ -192,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     results["head"] = head
     print(
         f"head GEMV 128256 x 2560: int8 {head['int8_ms']:.1f} ms ({head['int8_GBps']:.1f} GB/s)"
+        f", int8 with float activations {head['int8_float_activations_ms']:.1f} ms "
+        f"({head['int8_float_activations_GBps']:.1f} GB/s)"
         f", float32 NumPy {head['float32_ms']:.1f} ms ({head['float32_GBps']:.1f} GB/s)"
     )
     head_s = {"float": head["float32_ms"] / 1e3, "int8": head["int8_ms"] / 1e3}

@@ -31,7 +31,9 @@ first ``seq_len`` positions, which the kernel reads in place.
 
 ``head="int8"`` stores the head (or the tied embedding) as :class:`~seqkern.ternary.Int8Weight`
 (int8 with a scale per row): 4x less memory traffic for BitNet-2B's largest matrix
-(128256 x 2560), with activations kept in float.
+(128256 x 2560). :func:`~seqkern.ternary.int8_matmul` quantizes the final normed state per
+token to int8 (as BitLinear quantizes its inputs) and sums the products exactly in int32
+(AVX-512 VNNI, AVX2 or portable code; every path gives the same logits).
 """
 
 from __future__ import annotations
