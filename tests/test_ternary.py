@@ -449,6 +449,34 @@ def test_bitlinear_matches_float64_reference(rng, kernel_path, dtype, format):
             np.testing.assert_allclose(y, expected, rtol=TOL[dtype], atol=0)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("format", FORMATS)
+def test_bitlinear_of_several_weights_equals_separate_calls(rng, kernel_path, dtype, format):
+    """One x through several weights (the model's q/k/v and gate/up): x quantized once, the
+    same bits as one bitlinear per weight, with and without biases, for one and several rows."""
+    from seqkern.ternary import _bitlinear_many
+
+    for m, k, ns in [(1, 300, (33, 8, 8)), (3, 641, (1, 20)), (5, 2560, (7,)), (0, 10, (4, 2))]:
+        x = (rng.standard_normal((m, k)) * 3).astype(dtype)
+        weights = [quantize_weights(rng.standard_normal((n, k)), format=format) for n in ns]
+        biases = [rng.standard_normal(n).astype(dtype) if i % 2 else None for i, n in enumerate(ns)]
+        for b in (None, biases):
+            ys = _bitlinear_many(x, weights, b)
+            for i, (y, w) in enumerate(zip(ys, weights)):
+                one = bitlinear(x, w, None if b is None else b[i])
+                assert y.dtype == dtype and y.shape == (m, w.out_features)
+                np.testing.assert_array_equal(y, one, err_msg=f"{kernel_path} {m} {k} {i}")
+    x = np.ones((2, 3, 64), dtype)
+    ys = _bitlinear_many(x, [quantize_weights(np.ones((4, 64)))])
+    assert ys[0].shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="x: expected last dimension in_features"):
+        _bitlinear_many(np.ones((1, 65)), [quantize_weights(np.ones((4, 64)))])
+    with pytest.raises(ValueError, match="weights: expected one format"):
+        _bitlinear_many(x, [quantize_weights(np.ones((4, 64)), format=f) for f in FORMATS])
+    with pytest.raises(ValueError, match="biases: expected 1 entries, got 2"):
+        _bitlinear_many(x, [quantize_weights(np.ones((4, 64)))], [None, None])
+
+
 def test_bitlinear_matches_the_published_forward(rng):
     # y = F.linear(activation_quant(x), weight_quant(W)), computed here in float64.
     W = (rng.standard_normal((48, 320)) * 0.02).astype(np.float32)

@@ -18,7 +18,7 @@ import math
 import os
 import zipfile
 import zlib
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -48,6 +48,7 @@ _FILE_KEYS = ("kind", "version", "format", "shape", "gamma", "packed")
 _QUANTIZE_WEIGHTS = ck.by_dtype(_native, "ternary_quantize_weights")
 _QUANTIZE_ACTIVATIONS = ck.by_dtype(_native, "ternary_quantize_activations")
 _BITLINEAR = ck.by_dtype(_native, "ternary_bitlinear")
+_BITLINEAR_MANY = ck.by_dtype(_native, "ternary_bitlinear_many")
 _INT8_QUANTIZE = ck.by_dtype(_native, "int8_quantize_rows")
 _INT8_MATMUL = {
     "float": ck.by_dtype(_native, "int8_matmul"),
@@ -377,6 +378,33 @@ def bitlinear(x: Any, weight: TernaryWeight, bias: Optional[Any] = None) -> np.n
     bias = ck.optional_float_input("bias", bias, dtype, "x", ("out_features",), (n,))
     y = _BITLINEAR[dtype](rows, weight.packed, k, weight.format, weight.gamma, bias)
     return y.reshape(*batch, n)
+
+
+def _bitlinear_many(
+    x: Any, weights: Sequence[TernaryWeight], biases: Optional[Sequence[Optional[Any]]] = None
+) -> list[np.ndarray]:
+    """:func:`bitlinear` of one ``x`` through several weights of the same in_features and
+    format (a transformer's q/k/v or gate/up projections): x is quantized once and every
+    weight's rows run in one parallel call. Each output equals the separate
+    ``bitlinear(x, weights[i], biases[i])`` bit for bit."""
+    weights = [_check_weight(w) for w in weights]
+    biases = [None] * len(weights) if biases is None else list(biases)
+    if len(biases) != len(weights):
+        raise ValueError(f"biases: expected {len(weights)} entries, got {len(biases)}")
+    rows, dtype, batch, k = _rows("x", x)
+    formats = {w.format for w in weights}
+    if len(formats) > 1:
+        raise ValueError(f"weights: expected one format, got {sorted(formats)}")
+    for w in weights:
+        _check_in_features("x", k, w)
+    checked = [
+        ck.optional_float_input("bias", b, dtype, "x", ("out_features",), (w.out_features,))
+        for w, b in zip(weights, biases)
+    ]
+    outs = _BITLINEAR_MANY[dtype](
+        rows, [w.packed for w in weights], k, weights[0].format, [w.gamma for w in weights], checked
+    )
+    return [y.reshape(*batch, w.out_features) for y, w in zip(outs, weights)]
 
 
 def ternary_matmul_int(q: Any, weight: TernaryWeight) -> np.ndarray:

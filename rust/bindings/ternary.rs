@@ -25,6 +25,8 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ternary_quantize_activations_f64, m)?)?;
     m.add_function(wrap_pyfunction!(ternary_bitlinear_f32, m)?)?;
     m.add_function(wrap_pyfunction!(ternary_bitlinear_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_bitlinear_many_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_bitlinear_many_f64, m)?)?;
     m.add_function(wrap_pyfunction!(int8_quantize_rows_f32, m)?)?;
     m.add_function(wrap_pyfunction!(int8_quantize_rows_f64, m)?)?;
     m.add_function(wrap_pyfunction!(int8_matmul_f32, m)?)?;
@@ -178,6 +180,84 @@ fn bitlinear_generic<'py, T: QuantFloat + Element>(
     })?;
     to_numpy(py, &[m, matrix.n], out)
 }
+
+type Arrays<'py, T> = Vec<Bound<'py, PyArrayDyn<T>>>;
+
+fn bitlinear_many_generic<'py, T: QuantFloat + Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    packed: Vec<PyReadonlyArrayDyn<'py, u8>>,
+    k: usize,
+    format: &str,
+    gammas: Vec<f64>,
+    biases: Vec<Option<PyReadonlyArrayDyn<'py, T>>>,
+) -> PyResult<Arrays<'py, T>> {
+    let [m, _] = dims_of::<2>("x", x.shape(), "2 dimensions")?;
+    if gammas.len() != packed.len() || biases.len() != packed.len() {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "packed, gammas, biases: expected lists of one length, got {}, {}, {}",
+            packed.len(),
+            gammas.len(),
+            biases.len()
+        )));
+    }
+    let matrices = packed
+        .iter()
+        .map(|p| packed_matrix(p, k, format))
+        .collect::<PyResult<Vec<_>>>()?;
+    let bias_slices = biases
+        .iter()
+        .map(|b| as_opt_slice("bias", b))
+        .collect::<PyResult<Vec<_>>>()?;
+    let x = as_slice("x", &x)?;
+    let lens = matrices
+        .iter()
+        .map(|w| checked_product("x", &[m, w.n]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outs = run_detached(py, || {
+        let layers: Vec<matmul::Linear<'_, '_, T>> = matrices
+            .iter()
+            .zip(&gammas)
+            .zip(&bias_slices)
+            .map(|((weight, &gamma), &bias)| matmul::Linear {
+                weight,
+                gamma,
+                bias,
+            })
+            .collect();
+        let mut outs: Vec<Vec<T>> = lens.iter().map(|&len| vec![T::ZERO; len]).collect();
+        let mut slices: Vec<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        matmul::bitlinear_many(x, m, &layers, &mut slices)?;
+        Ok(outs)
+    })?;
+    outs.into_iter()
+        .zip(&matrices)
+        .map(|(out, w)| to_numpy(py, &[m, w.n], out))
+        .collect()
+}
+
+macro_rules! many_entry_point {
+    ($t:ty, $name:ident) => {
+        /// BitLinear forward of one x (`(M, K)`) through several packed weights of the same K
+        /// and format (x quantized once): a list of `(M, N_i)`.
+        #[pyfunction]
+        #[pyo3(signature = (x, packed, k, format, gammas, biases))]
+        fn $name<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            packed: Vec<PyReadonlyArrayDyn<'py, u8>>,
+            k: usize,
+            format: &str,
+            gammas: Vec<f64>,
+            biases: Vec<Option<PyReadonlyArrayDyn<'py, $t>>>,
+        ) -> PyResult<Arrays<'py, $t>> {
+            bitlinear_many_generic(py, x, packed, k, format, gammas, biases)
+        }
+    };
+}
+
+many_entry_point!(f32, ternary_bitlinear_many_f32);
+many_entry_point!(f64, ternary_bitlinear_many_f64);
 
 macro_rules! typed_entry_points {
     ($t:ty, $weights:ident, $activations:ident, $bitlinear:ident) => {

@@ -215,6 +215,14 @@ class BitNetLM(CausalLM):
         y = ternary_ref.bitlinear(x, codes, gamma, bias).astype(self.dtype)
         return y
 
+    def _bitlinears(self, x: np.ndarray, layer: _Layer, names: tuple[str, ...]) -> list:
+        """The projections ``names`` of one input: on seqkern in one call that quantizes x
+        once (each output equals its own :meth:`_bitlinear` bit for bit)."""
+        if self.kernels.name == "seqkern":
+            weights = [layer.proj[name] for name in names]
+            return ternary._bitlinear_many(x, weights, [layer.bias[name] for name in names])
+        return [self._bitlinear(x, layer.proj[name], layer.bias[name]) for name in names]
+
     def _codes_of(self, weight: ternary.TernaryWeight) -> tuple[np.ndarray, float]:
         """The int8 codes the NumPy backend multiplies by (unpacked once per weight)."""
         key = id(weight)
@@ -264,8 +272,7 @@ class BitNetLM(CausalLM):
         d, start = self.head_dim, cache.seq_len
         n = rms_norm(x, layer.input_norm, self.eps)
         q, k, v = (
-            self._bitlinear(n, layer.proj[name], layer.bias[name]).reshape(b, t, -1, d)
-            for name in ("q_proj", "k_proj", "v_proj")
+            y.reshape(b, t, -1, d) for y in self._bitlinears(n, layer, PROJECTIONS[:3])
         )
         q = self._rope(q.transpose(0, 2, 1, 3), start, rope)
         k = self._rope(k.transpose(0, 2, 1, 3), start, rope)
@@ -280,8 +287,7 @@ class BitNetLM(CausalLM):
 
     def _mlp(self, layer: _Layer, x: np.ndarray) -> np.ndarray:
         m = rms_norm(x, layer.post_norm, self.eps)
-        gate = self._bitlinear(m, layer.proj["gate_proj"])
-        up = self._bitlinear(m, layer.proj["up_proj"])
+        gate, up = self._bitlinears(m, layer, ("gate_proj", "up_proj"))
         np.maximum(gate, 0, out=gate)
         act = rms_norm(np.square(gate, out=gate) * up, layer.ffn_sub_norm, self.eps)
         return self._bitlinear(act, layer.proj["down_proj"])
