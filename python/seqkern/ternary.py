@@ -18,7 +18,8 @@ import math
 import os
 import zipfile
 import zlib
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
