@@ -239,20 +239,27 @@ class BitNetLM(CausalLM):
         return ternary_ref.int8_matmul(x, head.codes, head.scales)
 
     def _rope_tables(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin (length, head_dim / 2) of the angles p theta^(-2j / head_dim) at
-        positions p = start .. start + length - 1 (computed in float64, then the model dtype)."""
+        """``[cos, cos]`` and ``[-sin, sin]`` (length, head_dim) of the angles
+        p theta^(-2j / head_dim) at positions p = start .. start + length - 1 (computed in
+        float64, then the model dtype)."""
         d = self.head_dim
         inv_freq = 1.0 / self.theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
         angles = np.arange(start, start + length, dtype=np.float64)[:, None] * inv_freq
-        return np.cos(angles).astype(self.dtype), np.sin(angles).astype(self.dtype)
+        cos, sin = np.cos(angles), np.sin(angles)
+        return (
+            np.concatenate((cos, cos), axis=-1).astype(self.dtype),
+            np.concatenate((-sin, sin), axis=-1).astype(self.dtype),
+        )
 
     def _rope(self, x: np.ndarray, start: int, tables=None) -> np.ndarray:
         """Rotate-half RoPE of x (B, H, T, D) at positions start .. start + T - 1:
-        (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+        (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), computed as
+        x [cos, cos] + [x2, x1] [-sin, sin] (the same roundings)."""
         cos, sin = self._rope_tables(start, x.shape[2]) if tables is None else tables
         half = self.head_dim // 2
-        first, second = x[..., :half], x[..., half:]
-        return np.concatenate((first * cos - second * sin, second * cos + first * sin), axis=-1)
+        out = x * cos
+        out += np.concatenate((x[..., half:], x[..., :half]), axis=-1) * sin
+        return out
 
     def _reserve(self, cache: Cache, length: int) -> None:
         """Grows the K/V buffers (by doubling) to hold ``length`` positions."""
@@ -271,14 +278,14 @@ class BitNetLM(CausalLM):
         b, t, _ = x.shape
         d, start = self.head_dim, cache.seq_len
         n = rms_norm(x, layer.input_norm, self.eps)
-        q, k, v = (
-            y.reshape(b, t, -1, d) for y in self._bitlinears(n, layer, PROJECTIONS[:3])
-        )
-        q = self._rope(q.transpose(0, 2, 1, 3), start, rope)
-        k = self._rope(k.transpose(0, 2, 1, 3), start, rope)
+        q, k, v = self._bitlinears(n, layer, PROJECTIONS[:3])
+        # RoPE of the query and key heads together: (B, T, Hq + Hkv, D) -> (B, H, T, D).
+        qk = np.concatenate((q, k), axis=-1).reshape(b, t, -1, d).transpose(0, 2, 1, 3)
+        qk = self._rope(qk, start, rope)
+        q = qk[:, : self.heads]
         keys, values = cache["k"][i], cache["v"][i]
-        keys[:, :, start : start + t] = k
-        values[:, :, start : start + t] = v.transpose(0, 2, 1, 3)
+        keys[:, :, start : start + t] = qk[:, self.heads :]
+        values[:, :, start : start + t] = v.reshape(b, t, -1, d).transpose(0, 2, 1, 3)
         end = start + t
         out = self.kernels.causal_attention(q, keys[:, :, :end], values[:, :, :end])
         out = out.transpose(0, 2, 1, 3).reshape(b, t, self.heads * d)
