@@ -382,12 +382,21 @@ def bitlinear(x: Any, weight: TernaryWeight, bias: Optional[Any] = None) -> np.n
 
 
 def _bitlinear_many(
-    x: Any, weights: Sequence[TernaryWeight], biases: Optional[Sequence[Optional[Any]]] = None
+    x: Any,
+    weights: Sequence[TernaryWeight],
+    biases: Optional[Sequence[Optional[Any]]] = None,
+    norm: Optional[Any] = None,
+    eps: float = 1e-6,
 ) -> list[np.ndarray]:
     """:func:`bitlinear` of one ``x`` through several weights of the same in_features and
     format (a transformer's q/k/v or gate/up projections): x is quantized once and every
-    weight's rows run in one parallel call. Each output equals the separate
-    ``bitlinear(x, weights[i], biases[i])`` bit for bit."""
+    weight's rows run in one parallel call. Without ``norm``, each output equals the separate
+    ``bitlinear(x, weights[i], biases[i])`` bit for bit. With ``norm`` ((K,) in x's dtype),
+    x is first RMS-normed in the same call, as a model's norm before its projections::
+
+        x' = (x * r) * norm,   r = 1 / sqrt(mean(x^2) + eps)   (the mean square in float64,
+                                                                r rounded to x's dtype)
+    """
     weights = [_check_weight(w) for w in weights]
     biases = [None] * len(weights) if biases is None else list(biases)
     if len(biases) != len(weights):
@@ -402,8 +411,16 @@ def _bitlinear_many(
         ck.optional_float_input("bias", b, dtype, "x", ("out_features",), (w.out_features,))
         for w, b in zip(weights, biases)
     ]
+    norm = ck.optional_float_input("norm", norm, dtype, "x", ("in_features",), (k,))
     outs = _BITLINEAR_MANY[dtype](
-        rows, [w.packed for w in weights], k, weights[0].format, [w.gamma for w in weights], checked
+        rows,
+        [w.packed for w in weights],
+        k,
+        weights[0].format,
+        [w.gamma for w in weights],
+        checked,
+        norm,
+        float(eps),
     )
     return [y.reshape(*batch, w.out_features) for y, w in zip(outs, weights)]
 

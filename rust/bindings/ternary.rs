@@ -183,6 +183,7 @@ fn bitlinear_generic<'py, T: QuantFloat + Element>(
 
 type Arrays<'py, T> = Vec<Bound<'py, PyArrayDyn<T>>>;
 
+#[allow(clippy::too_many_arguments)]
 fn bitlinear_many_generic<'py, T: QuantFloat + Element>(
     py: Python<'py>,
     x: PyReadonlyArrayDyn<'py, T>,
@@ -191,8 +192,11 @@ fn bitlinear_many_generic<'py, T: QuantFloat + Element>(
     format: &str,
     gammas: Vec<f64>,
     biases: Vec<Option<PyReadonlyArrayDyn<'py, T>>>,
+    norm: Option<PyReadonlyArrayDyn<'py, T>>,
+    eps: f64,
 ) -> PyResult<Arrays<'py, T>> {
     let [m, _] = dims_of::<2>("x", x.shape(), "2 dimensions")?;
+    let norm = as_opt_slice("norm", &norm)?.map(|weight| matmul::RmsNorm { weight, eps });
     if gammas.len() != packed.len() || biases.len() != packed.len() {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "packed, gammas, biases: expected lists of one length, got {}, {}, {}",
@@ -227,7 +231,7 @@ fn bitlinear_many_generic<'py, T: QuantFloat + Element>(
             .collect();
         let mut outs: Vec<Vec<T>> = lens.iter().map(|&len| vec![T::ZERO; len]).collect();
         let mut slices: Vec<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
-        matmul::bitlinear_many(x, m, &layers, &mut slices)?;
+        matmul::bitlinear_many(x, m, norm.as_ref(), &layers, &mut slices)?;
         Ok(outs)
     })?;
     outs.into_iter()
@@ -238,10 +242,12 @@ fn bitlinear_many_generic<'py, T: QuantFloat + Element>(
 
 macro_rules! many_entry_point {
     ($t:ty, $name:ident) => {
-        /// BitLinear forward of one x (`(M, K)`) through several packed weights of the same K
-        /// and format (x quantized once): a list of `(M, N_i)`.
+        /// BitLinear forward of one x (`(M, K)`), RMS-normed with `norm` (`(K,)`) and `eps`
+        /// first if given, through several packed weights of the same K and format (x
+        /// quantized once): a list of `(M, N_i)`.
         #[pyfunction]
-        #[pyo3(signature = (x, packed, k, format, gammas, biases))]
+        #[pyo3(signature = (x, packed, k, format, gammas, biases, norm, eps))]
+        #[allow(clippy::too_many_arguments)]
         fn $name<'py>(
             py: Python<'py>,
             x: PyReadonlyArrayDyn<'py, $t>,
@@ -250,8 +256,10 @@ macro_rules! many_entry_point {
             format: &str,
             gammas: Vec<f64>,
             biases: Vec<Option<PyReadonlyArrayDyn<'py, $t>>>,
+            norm: Option<PyReadonlyArrayDyn<'py, $t>>,
+            eps: f64,
         ) -> PyResult<Arrays<'py, $t>> {
-            bitlinear_many_generic(py, x, packed, k, format, gammas, biases)
+            bitlinear_many_generic(py, x, packed, k, format, gammas, biases, norm, eps)
         }
     };
 }

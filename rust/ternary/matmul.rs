@@ -58,6 +58,7 @@ pub fn bitlinear<T: QuantFloat>(
     bitlinear_many(
         x,
         m,
+        None,
         &[Linear {
             weight,
             gamma,
@@ -77,12 +78,41 @@ pub struct Linear<'w, 'a, T> {
     pub bias: Option<&'w [T]>,
 }
 
+/// An RMS norm applied to x before quantization (BitNet's sub-norms and pre-norms):
+///
+/// ```text
+/// r = 1 / sqrt(sum_k x_k^2 / K + eps)      in f64, rounded to T
+/// x'_k = (x_k * r) * weight_k              in T
+/// ```
+pub struct RmsNorm<'a, T> {
+    /// `(K,)` per-channel weights.
+    pub weight: &'a [T],
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<T: QuantFloat> RmsNorm<'_, T> {
+    /// Writes the normed `x` into `out`.
+    fn apply(&self, x: &[T], out: &mut [T]) {
+        let squares = x.iter().fold(0.0f64, |acc, &v| {
+            let v = v.to_f64();
+            v.mul_add(v, acc)
+        });
+        let r = T::from_f64(1.0 / (squares / x.len() as f64 + self.eps).sqrt());
+        for ((o, &v), &w) in out.iter_mut().zip(x).zip(self.weight) {
+            *o = (v * r) * w;
+        }
+    }
+}
+
 /// [`bitlinear`] of one `x` (`(m, K)`) through several layers of the same K and format (a
-/// transformer's q/k/v projections): x is quantized once and the weight chunks of all layers
-/// run in one parallel loop. `outs[i]` is `(m, N_i)`; each equals the separate [`bitlinear`].
+/// transformer's q/k/v projections), after an optional [`RmsNorm`] of x: x is normed and
+/// quantized once and the weight chunks of all layers run in one parallel loop. `outs[i]` is
+/// `(m, N_i)`; without a norm each equals the separate [`bitlinear`].
 pub fn bitlinear_many<T: QuantFloat>(
     x: &[T],
     m: usize,
+    norm: Option<&RmsNorm<'_, T>>,
     layers: &[Linear<'_, '_, T>],
     outs: &mut [&mut [T]],
 ) -> Result<(), KernelError> {
@@ -101,12 +131,28 @@ pub fn bitlinear_many<T: QuantFloat>(
     for (layer, out) in layers.iter().zip(outs.iter()) {
         check_layer(layer, &layout, m, out)?;
     }
+    if let Some(norm) = norm {
+        check_len("norm", norm.weight, &[layout.k])?;
+        if !(norm.eps.is_finite() && norm.eps >= 0.0) {
+            return Err(KernelError::value(
+                "eps",
+                format!("expected a finite value >= 0, got {}", norm.eps),
+            ));
+        }
+    }
     let eps = T::from_f64(1e-5);
     let isa = simd::isa();
     let mut scales = vec![T::ZERO; m];
     let panels = Panels::try_from_rows(m, &layout, &mut scales, |i, q, scale| {
-        let x = &x[i * layout.k..][..layout.k];
-        *scale = simd::dispatch_on(isa, QuantizeRow { x, q, eps })?;
+        let row = &x[i * layout.k..][..layout.k];
+        *scale = match norm {
+            None => simd::dispatch_on(isa, QuantizeRow { x: row, q, eps })?,
+            Some(norm) => {
+                let mut normed = vec![T::ZERO; layout.k];
+                norm.apply(row, &mut normed);
+                simd::dispatch_on(isa, QuantizeRow { x: &normed, q, eps })?
+            }
+        };
         Ok(())
     })?;
     let mut accs: Vec<Vec<i32>> = outs.iter().map(|out| vec![0i32; out.len()]).collect();

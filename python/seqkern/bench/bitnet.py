@@ -3,9 +3,9 @@ contexts, prefill, and the int8 head, each beside its floor.
 
 - decode: one token after a context of C tokens, with the float32 head and with ``head="int8"``;
   the floor is the model's own layers alone (its bitlinear calls per layer back to back on one
-  row, grouped as the model calls them: q/k/v in one call, o, gate/up in one call, down; plus
-  the head's GEMV), and the attention part is the 30 attention calls alone with the bytes of
-  cache they read.
+  row, made as the model makes them: each with the RMS norm before it, q/k/v in one call, o,
+  gate/up in one call, down; plus the head's GEMV), and the attention part is the 30
+  attention calls alone with the bytes of cache they read.
 - prefill: a prompt of T tokens (all logits) against the same layers alone on T rows.
 - head: the 128256 x 2560 GEMV in int8 (seqkern; int8 or float activations) beside float32
   (NumPy), ms and GB/s.
@@ -115,26 +115,28 @@ def decode_step(model: bitnet.BitNetLM, context: int) -> Callable[[], Any]:
 
 
 def layers_alone(model: bitnet.BitNetLM, rows: int) -> Callable[[], None]:
-    """The model's bitlinear calls back to back on ``rows`` rows, grouped as the model groups
-    them (q/k/v in one call, gate/up in one call, o and down alone), then its head."""
+    """The model's bitlinear calls back to back on ``rows`` rows, made as the model makes them
+    (each with the RMS norm before it; q/k/v in one call, o, gate/up in one call, down), then
+    its head."""
     rng = np.random.default_rng(0)
-    groups = [
-        [layer.proj[name] for name in names]
+    calls = [
+        ([layer.proj[name] for name in names], getattr(layer, norm))
         for layer in model.layers
-        for names in (bitnet.PROJECTIONS[:3], ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+        for names, norm in (
+            (bitnet.PROJECTIONS[:3], "input_norm"),
+            (("o_proj",), "attn_sub_norm"),
+            (("gate_proj", "up_proj"), "post_norm"),
+            (("down_proj",), "ffn_sub_norm"),
+        )
     ]
     inputs = {
         k: rng.standard_normal((rows, k)).astype(np.float32)
-        for k in {g[0].in_features for g in groups} | {model.hidden_size}
+        for k in {group[0].in_features for group, _ in calls} | {model.hidden_size}
     }
 
     def run() -> None:
-        for group in groups:
-            x = inputs[group[0].in_features]
-            if len(group) == 1:
-                ternary.bitlinear(x, group[0])
-            else:
-                ternary._bitlinear_many(x, group)
+        for group, norm in calls:
+            ternary._bitlinear_many(inputs[group[0].in_features], group, None, norm, model.eps)
         x = inputs[model.hidden_size]
         if model.lm_head_int8 is not None:
             ternary.int8_matmul(x, model.lm_head_int8)

@@ -215,13 +215,17 @@ class BitNetLM(CausalLM):
         y = ternary_ref.bitlinear(x, codes, gamma, bias).astype(self.dtype)
         return y
 
-    def _bitlinears(self, x: np.ndarray, layer: _Layer, names: tuple[str, ...]) -> list:
-        """The projections ``names`` of one input: on seqkern in one call that quantizes x
-        once (each output equals its own :meth:`_bitlinear` bit for bit)."""
+    def _normed_bitlinears(
+        self, x: np.ndarray, norm: np.ndarray, layer: _Layer, names: tuple[str, ...]
+    ) -> list:
+        """The projections ``names`` of ``rms_norm(x, norm)``: on seqkern one call that norms
+        and quantizes x once and runs every projection's rows in one parallel loop."""
         if self.kernels.name == "seqkern":
             weights = [layer.proj[name] for name in names]
-            return ternary._bitlinear_many(x, weights, [layer.bias[name] for name in names])
-        return [self._bitlinear(x, layer.proj[name], layer.bias[name]) for name in names]
+            biases = [layer.bias[name] for name in names]
+            return ternary._bitlinear_many(x, weights, biases, norm, self.eps)
+        n = rms_norm(x, norm, self.eps)
+        return [self._bitlinear(n, layer.proj[name], layer.bias[name]) for name in names]
 
     def _codes_of(self, weight: ternary.TernaryWeight) -> tuple[np.ndarray, float]:
         """The int8 codes the NumPy backend multiplies by (unpacked once per weight)."""
@@ -277,8 +281,7 @@ class BitNetLM(CausalLM):
     def _attention(self, layer: _Layer, i: int, x: np.ndarray, cache: Cache, rope) -> np.ndarray:
         b, t, _ = x.shape
         d, start = self.head_dim, cache.seq_len
-        n = rms_norm(x, layer.input_norm, self.eps)
-        q, k, v = self._bitlinears(n, layer, PROJECTIONS[:3])
+        q, k, v = self._normed_bitlinears(x, layer.input_norm, layer, PROJECTIONS[:3])
         # RoPE of the query and key heads together: (B, T, Hq + Hkv, D) -> (B, H, T, D).
         qk = np.concatenate((q, k), axis=-1).reshape(b, t, -1, d).transpose(0, 2, 1, 3)
         qk = self._rope(qk, start, rope)
@@ -289,15 +292,16 @@ class BitNetLM(CausalLM):
         end = start + t
         out = self.kernels.causal_attention(q, keys[:, :, :end], values[:, :, :end])
         out = out.transpose(0, 2, 1, 3).reshape(b, t, self.heads * d)
-        out = rms_norm(out, layer.attn_sub_norm, self.eps)
-        return self._bitlinear(out, layer.proj["o_proj"], layer.bias["o_proj"])
+        (y,) = self._normed_bitlinears(out, layer.attn_sub_norm, layer, ("o_proj",))
+        return y
 
     def _mlp(self, layer: _Layer, x: np.ndarray) -> np.ndarray:
-        m = rms_norm(x, layer.post_norm, self.eps)
-        gate, up = self._bitlinears(m, layer, ("gate_proj", "up_proj"))
+        gate, up = self._normed_bitlinears(x, layer.post_norm, layer, ("gate_proj", "up_proj"))
         np.maximum(gate, 0, out=gate)
-        act = rms_norm(np.square(gate, out=gate) * up, layer.ffn_sub_norm, self.eps)
-        return self._bitlinear(act, layer.proj["down_proj"])
+        act = np.square(gate, out=gate)
+        act *= up
+        (y,) = self._normed_bitlinears(act, layer.ffn_sub_norm, layer, ("down_proj",))
+        return y
 
     def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         self._reserve(cache, cache.seq_len + ids.shape[1])
