@@ -58,13 +58,9 @@ def kernels(backend: str) -> SimpleNamespace:
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x / sqrt(mean(x^2) + eps) * weight over the last axis, in few NumPy calls (BitNet runs
-    four per layer per decoded token)."""
-    squares = np.einsum("...i,...i->...", x, x)[..., None]
-    inv = 1.0 / np.sqrt(squares * (1.0 / x.shape[-1]) + eps)
-    out = x * inv.astype(x.dtype, copy=False)
-    out *= weight
-    return out
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis."""
+    inv = 1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + eps)
+    return (x * inv.astype(x.dtype, copy=False)) * weight
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
