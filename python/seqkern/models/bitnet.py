@@ -11,7 +11,10 @@ A Llama layout whose projections are BitLinear layers (ternary weights, int8 act
 
 Every BitLinear quantizes its input per token to int8 (absmax 127, eps 1e-5) and multiplies
 by ternary codes with one per-tensor scale: ``y = (q @ t.T) * gamma / scale``
-(:func:`seqkern.ternary.bitlinear`). Checkpoints come in two forms, told by
+(:func:`seqkern.ternary.bitlinear`). Every RMS norm feeds BitLinear layers, so on seqkern each
+runs inside the call of the projections it feeds (q/k/v together, o, gate/up together, down):
+the input is normed, quantized once and multiplied by every weight in one parallel loop.
+Checkpoints come in two forms, told by
 ``quantization_config.quantization_mode``:
 
 - "offline" (the released packed files): each projection is uint8 (out / 4, in), original row
