@@ -21,9 +21,10 @@
 //!
 //! The int8-activation matmul quantizes each row of x with [`QuantizeRow`] and sums the
 //! products exactly in i32 on the ternary kernels' code paths ([`KernelPath`]: AVX-512 VNNI
-//! `vpdpbusd`, AVX2 `vpmaddubsw`, portable; see [`super::int8_dot`]); the one rounding after
-//! the integers is the f64 rescale, so every path and thread count gives the same bits. It
-//! adds the activations' rounding (at most max|x[m]| / 254 per element) to the weights'.
+//! `vpdpbusd`, AVX2 `vpmaddubsw`, portable, which aarch64 runs too; see [`super::int8_dot`]);
+//! the only roundings after the integers are those of the fixed f64 rescale above, so every
+//! path and thread count gives the same bits. It adds the activations' rounding (at most
+//! max|x[m]| / 254 per element) to the weights'.
 //!
 //! At batch 1 both kernels read each code once and are bound by memory bandwidth; for several
 //! rows of x, the weight rows of a chunk stay in cache while the rows of x pass over them.
