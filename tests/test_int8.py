@@ -1,4 +1,5 @@
-"""The int8 weight (one scale per row) and its float-activation matmul against NumPy."""
+"""The int8 weight (one scale per row) and its matmul, with float activations and with
+activations quantized to int8 (exact integer sums on every kernel path), against NumPy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import seqkern
+from seqkern import _native
 from seqkern.reference import ternary as ref
 from seqkern.ternary import Int8Weight, int8_matmul
 
@@ -66,9 +68,9 @@ def test_matmul_matches_reference_on_every_path(rng, isa, dtype, m, n, k):
     W = rng.standard_normal((n, k))
     w = Int8Weight.from_float(W)
     x = rng.standard_normal((m, k)).astype(dtype)
-    y = int8_matmul(x, w)
+    y = int8_matmul(x, w, activations="float")
     assert y.shape == (m, n) and y.dtype == dtype
-    want = ref.int8_matmul(x.astype(np.float64), w.codes, w.scales)
+    want = ref.int8_matmul(x.astype(np.float64), w.codes, w.scales, "float")
     assert np.all(np.abs(y - want) <= matmul_tolerance(x, w, dtype))
 
 
@@ -76,9 +78,9 @@ def test_paths_agree(rng, simd_path):
     w = Int8Weight.from_float(rng.standard_normal((50, 700)))
     x = rng.standard_normal((3, 700)).astype(np.float32)
     simd_path("scalar")
-    scalar = int8_matmul(x, w)
+    scalar = int8_matmul(x, w, activations="float")
     simd_path("auto")
-    fast = int8_matmul(x, w)
+    fast = int8_matmul(x, w, activations="float")
     np.testing.assert_allclose(fast, scalar, rtol=1e-5, atol=1e-5 * np.abs(scalar).max())
 
 
@@ -87,7 +89,8 @@ def test_matmul_is_close_to_the_float_product(rng):
     W = (0.02 * rng.standard_normal((5000, 256))).astype(np.float32)
     x = rng.standard_normal((4, 256)).astype(np.float32)
     w = Int8Weight.from_float(W)
-    y, exact = int8_matmul(x, w), x.astype(np.float64) @ W.T.astype(np.float64)
+    y = int8_matmul(x, w, activations="float")
+    exact = x.astype(np.float64) @ W.T.astype(np.float64)
     # |error| <= sum_k |x_k| scales[n] / 2, per row and column.
     bound = np.abs(x).astype(np.float64).sum(-1)[:, None] / 2 * w.scales.astype(np.float64)
     assert np.all(np.abs(y - exact) <= bound * 1.01 + 1e-5)
@@ -97,9 +100,11 @@ def test_matmul_is_close_to_the_float_product(rng):
 def test_batch_dims_strides_and_empty(rng):
     w = Int8Weight.from_float(rng.standard_normal((9, 40)))
     x = rng.standard_normal((2, 3, 80))[..., ::2]
-    y = int8_matmul(x, w)
+    y = int8_matmul(x, w, activations="float")
     assert y.shape == (2, 3, 9)
-    np.testing.assert_allclose(y, ref.int8_matmul(x, w.codes, w.scales), rtol=1e-12, atol=1e-12)
+    want = ref.int8_matmul(x, w.codes, w.scales, "float")
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(int8_matmul(x, w), ref.int8_matmul(x, w.codes, w.scales))
     assert int8_matmul(np.zeros((0, 40)), w).shape == (0, 9)
     assert int8_matmul(np.zeros(40, np.float32), w).shape == (9,)
 
@@ -107,11 +112,12 @@ def test_batch_dims_strides_and_empty(rng):
 def test_rows_are_independent_and_threads_do_not_matter(rng, threads):
     w = Int8Weight.from_float(rng.standard_normal((300, 129)))
     x = rng.standard_normal((5, 129)).astype(np.float32)
-    threads(1)
-    one = int8_matmul(x, w)
-    threads(2)
-    np.testing.assert_array_equal(int8_matmul(x, w), one)
-    np.testing.assert_array_equal(int8_matmul(x[2:3], w), one[2:3])
+    for activations in ("float", "int8"):
+        threads(1)
+        one = int8_matmul(x, w, activations=activations)
+        threads(2)
+        np.testing.assert_array_equal(int8_matmul(x, w, activations=activations), one)
+        np.testing.assert_array_equal(int8_matmul(x[2:3], w, activations=activations), one[2:3])
 
 
 def test_properties_and_pickle(rng):
@@ -137,8 +143,10 @@ def test_matmul_property(m, n, k, seed):
     rng = np.random.default_rng(seed)
     w = Int8Weight.from_float(rng.standard_normal((n, k)))
     x = rng.standard_normal((m, k)).astype(np.float32)
-    want = ref.int8_matmul(x.astype(np.float64), w.codes, w.scales)
-    assert np.all(np.abs(int8_matmul(x, w) - want) <= matmul_tolerance(x, w, np.float32))
+    want = ref.int8_matmul(x.astype(np.float64), w.codes, w.scales, "float")
+    y = int8_matmul(x, w, activations="float")
+    assert np.all(np.abs(y - want) <= matmul_tolerance(x, w, np.float32))
+    np.testing.assert_array_equal(int8_matmul(x, w), ref.int8_matmul(x, w.codes, w.scales))
 
 
 def test_bad_inputs(rng):
@@ -149,6 +157,15 @@ def test_bad_inputs(rng):
         int8_matmul(np.zeros((2, 8), np.int64), w)
     with pytest.raises(TypeError, match="weight: expected an Int8Weight, got ndarray"):
         int8_matmul(np.zeros((2, 8)), np.zeros((4, 8)))
+    with pytest.raises(ValueError, match="activations: expected 'int8' or 'float', got 'int4'"):
+        int8_matmul(np.zeros((2, 8)), w, activations="int4")
+    x = np.zeros((2, 8), np.float32)
+    x[1, 3] = np.nan
+    with pytest.raises(ValueError, match="x: contains NaN or infinity"):
+        int8_matmul(x, w)
+    wide = Int8Weight.from_codes(np.ones((1, 132105), np.int8), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match="x: expected in_features <= 132104 for int8"):
+        int8_matmul(np.ones((1, 132105), np.float32), wide)
     with pytest.raises(ValueError, match=r"W: expected finite values, got .*inf.* at \(1, 2\)"):
         W = np.zeros((3, 4))
         W[1, 2] = np.inf
@@ -165,3 +182,85 @@ def test_bad_inputs(rng):
         Int8Weight.from_codes(np.zeros((2, 2), np.int8), np.ones(3, np.float32))
     with pytest.raises(ValueError, match="scales: expected finite values >= 0"):
         Int8Weight.from_codes(np.zeros((2, 2), np.int8), np.array([1, -1], np.float32))
+
+
+# --- int8 activations: exact integer sums
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "m, n, k",
+    [
+        (1, 1, 1),
+        (1, 1, 64),
+        (1, 5, 63),
+        (1, 200, 65),
+        (2, 17, 127),
+        (3, 100, 257),
+        (4, 9, 320),
+        (5, 33, 1000),
+        (9, 7, 129),
+        (1, 3, 2560),
+    ],
+)
+def test_int8_activations_equal_the_reference_on_every_kernel_path(
+    rng, each_simd_path, dtype, m, n, k
+):
+    """The integer sums are exact and the rescale is one float64 expression, so every path
+    gives the reference's bits."""
+    w = Int8Weight.from_float(rng.standard_normal((n, k)))
+    x = rng.standard_normal((m, k)).astype(dtype)
+    x[0, k // 2] *= 50  # an outlier sets its row's scale
+    if m > 1:
+        x[1] = 0.0  # a zero row: codes 0, logits 0
+    y = int8_matmul(x, w)
+    assert y.shape == (m, n) and y.dtype == dtype
+    np.testing.assert_array_equal(
+        y, ref.int8_matmul(x, w.codes, w.scales), err_msg=_native.ternary_kernel_path()
+    )
+
+
+def test_int8_activations_extremes_are_exact(each_simd_path):
+    """Codes of +-127 against activations of +-127 (and -128 is unreachable: |x a| <= 127)."""
+    k = 4099
+    codes = np.where(np.arange(2 * k).reshape(2, k) % 3 == 0, -127, 127).astype(np.int8)
+    w = Int8Weight.from_codes(codes, np.array([1.0, 0.5], np.float32))
+    x = np.stack([np.full(k, -3.0), np.where(np.arange(k) % 2 == 0, 3.0, -3.0)])
+    np.testing.assert_array_equal(int8_matmul(x, w), ref.int8_matmul(x, w.codes, w.scales))
+
+
+def int8_activation_bound(x, w):
+    """|y_int8 - y_float| per element: each activation moves by at most max|x| / 254 (half a
+    step of its row's scale a = 127 / max|x|), and each moves its output by |scales codes|;
+    plus float32 rounding of both products (matmul_tolerance)."""
+    step = np.abs(x).max(-1, keepdims=True).astype(np.float64) / 254
+    return step * np.abs(w.dequantize(np.float64)).sum(-1) * (1 + 1e-6)
+
+
+def test_int8_activations_stay_within_their_rounding_of_the_float_path(rng):
+    """The head's use: logits within the activations' rounding of the float-activation
+    product, and the same greedy token (a head of 5000 rows, as in the float test)."""
+    W = (0.02 * rng.standard_normal((5000, 256))).astype(np.float32)
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    w = Int8Weight.from_float(W)
+    y, y_float = int8_matmul(x, w), int8_matmul(x, w, activations="float")
+    bound = int8_activation_bound(x, w) + matmul_tolerance(x, w, np.float32)
+    assert np.all(np.abs(y - y_float) <= bound)
+    np.testing.assert_array_equal(y.argmax(-1), y_float.argmax(-1))
+
+
+@given(
+    m=st.integers(1, 5),
+    n=st.integers(1, 40),
+    k=st.integers(1, 300),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_int8_activations_property(m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    w = Int8Weight.from_float(rng.standard_normal((n, k)))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = int8_matmul(x, w)
+    np.testing.assert_array_equal(y, ref.int8_matmul(x, w.codes, w.scales))
+    y_float = int8_matmul(x, w, activations="float")
+    bound = int8_activation_bound(x, w) + matmul_tolerance(x, w, np.float32)
+    assert np.all(np.abs(y - y_float) <= bound)

@@ -449,6 +449,61 @@ def test_bitlinear_matches_float64_reference(rng, kernel_path, dtype, format):
             np.testing.assert_allclose(y, expected, rtol=TOL[dtype], atol=0)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("format", FORMATS)
+def test_bitlinear_of_several_weights_equals_separate_calls(rng, kernel_path, dtype, format):
+    """One x through several weights (the model's q/k/v and gate/up): x quantized once, the
+    same bits as one bitlinear per weight, with and without biases, for one and several rows."""
+    from seqkern.ternary import _bitlinear_many
+
+    for m, k, ns in [(1, 300, (33, 8, 8)), (3, 641, (1, 20)), (5, 2560, (7,)), (0, 10, (4, 2))]:
+        x = (rng.standard_normal((m, k)) * 3).astype(dtype)
+        weights = [quantize_weights(rng.standard_normal((n, k)), format=format) for n in ns]
+        biases = [rng.standard_normal(n).astype(dtype) if i % 2 else None for i, n in enumerate(ns)]
+        for b in (None, biases):
+            ys = _bitlinear_many(x, weights, b)
+            for i, (y, w) in enumerate(zip(ys, weights)):
+                one = bitlinear(x, w, None if b is None else b[i])
+                assert y.dtype == dtype and y.shape == (m, w.out_features)
+                np.testing.assert_array_equal(y, one, err_msg=f"{kernel_path} {m} {k} {i}")
+    x = np.ones((2, 3, 64), dtype)
+    ys = _bitlinear_many(x, [quantize_weights(np.ones((4, 64)))])
+    assert ys[0].shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="x: expected last dimension in_features"):
+        _bitlinear_many(np.ones((1, 65)), [quantize_weights(np.ones((4, 64)))])
+    with pytest.raises(ValueError, match="weights: expected one format"):
+        _bitlinear_many(x, [quantize_weights(np.ones((4, 64)), format=f) for f in FORMATS])
+    with pytest.raises(ValueError, match="biases: expected 1 entries, got 2"):
+        _bitlinear_many(x, [quantize_weights(np.ones((4, 64)))], [None, None])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_bitlinear_of_several_weights_with_a_norm_first(rng, kernel_path, dtype):
+    """The RMS norm fused before the projections: the bitlinear of the normed x, normed as
+    stated (mean square in float64, r rounded to x's dtype, then (x r) w in x's dtype)."""
+    from seqkern.ternary import _bitlinear_many
+
+    for m, k in [(1, 300), (3, 641), (2, 2560)]:
+        x = (rng.standard_normal((m, k)) * 3).astype(dtype)
+        x[0, 5] = 40.0  # an outlier sets the row's scale
+        norm = rng.standard_normal(k).astype(dtype)
+        weights = [quantize_weights(rng.standard_normal((n, k))) for n in (16, 5)]
+        squares = np.sum(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
+        r = (1.0 / np.sqrt(squares / k + 1e-6)).astype(dtype)
+        normed = (x * r) * norm
+        ys = _bitlinear_many(x, weights, None, norm, 1e-6)
+        for y, w in zip(ys, weights):
+            if dtype == np.float32:
+                np.testing.assert_array_equal(y, bitlinear(normed, w), err_msg=kernel_path)
+            else:  # r may differ by an ulp with the summation order; no int8 code moves
+                np.testing.assert_allclose(y, bitlinear(normed, w), rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match=r"norm: expected shape \(in_features,\)"):
+        _bitlinear_many(x, weights, None, np.ones(k + 1, dtype), 1e-6)
+    with pytest.raises(TypeError, match="norm: expected dtype"):
+        other = np.float64 if dtype == np.float32 else np.float32
+        _bitlinear_many(x, weights, None, np.ones(k, other), 1e-6)
+
+
 def test_bitlinear_matches_the_published_forward(rng):
     # y = F.linear(activation_quant(x), weight_quant(W)), computed here in float64.
     W = (rng.standard_normal((48, 320)) * 0.02).astype(np.float32)

@@ -205,7 +205,29 @@ def ternary_bitlinear_f32(
 def ternary_bitlinear_f64(
     x: F64, packed: U8, k: int, format: str, gamma: float, bias: Optional[F64]
 ) -> F64: ...
+def ternary_bitlinear_many_f32(
+    x: F32,
+    packed: list[U8],
+    k: int,
+    format: str,
+    gammas: list[float],
+    biases: list[Optional[F32]],
+    norm: Optional[F32],
+    eps: float,
+) -> list[F32]: ...
+def ternary_bitlinear_many_f64(
+    x: F64,
+    packed: list[U8],
+    k: int,
+    format: str,
+    gammas: list[float],
+    biases: list[Optional[F64]],
+    norm: Optional[F64],
+    eps: float,
+) -> list[F64]: ...
 def int8_quantize_rows_f32(w: F32) -> tuple[I8, F32]: ...
 def int8_quantize_rows_f64(w: F64) -> tuple[I8, F32]: ...
 def int8_matmul_f32(x: F32, codes: I8, scales: F32) -> F32: ...
 def int8_matmul_f64(x: F64, codes: I8, scales: F32) -> F64: ...
+def int8_matmul_quantized_f32(x: F32, codes: I8, scales: F32) -> F32: ...
+def int8_matmul_quantized_f64(x: F64, codes: I8, scales: F32) -> F64: ...

@@ -18,6 +18,7 @@ import math
 import os
 import zipfile
 import zlib
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -48,8 +49,12 @@ _FILE_KEYS = ("kind", "version", "format", "shape", "gamma", "packed")
 _QUANTIZE_WEIGHTS = ck.by_dtype(_native, "ternary_quantize_weights")
 _QUANTIZE_ACTIVATIONS = ck.by_dtype(_native, "ternary_quantize_activations")
 _BITLINEAR = ck.by_dtype(_native, "ternary_bitlinear")
+_BITLINEAR_MANY = ck.by_dtype(_native, "ternary_bitlinear_many")
 _INT8_QUANTIZE = ck.by_dtype(_native, "int8_quantize_rows")
-_INT8_MATMUL = ck.by_dtype(_native, "int8_matmul")
+_INT8_MATMUL = {
+    "float": ck.by_dtype(_native, "int8_matmul"),
+    "int8": ck.by_dtype(_native, "int8_matmul_quantized"),
+}
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -376,6 +381,50 @@ def bitlinear(x: Any, weight: TernaryWeight, bias: Optional[Any] = None) -> np.n
     return y.reshape(*batch, n)
 
 
+def _bitlinear_many(
+    x: Any,
+    weights: Sequence[TernaryWeight],
+    biases: Optional[Sequence[Optional[Any]]] = None,
+    norm: Optional[Any] = None,
+    eps: float = 1e-6,
+) -> list[np.ndarray]:
+    """:func:`bitlinear` of one ``x`` through several weights of the same in_features and
+    format (a transformer's q/k/v or gate/up projections): x is quantized once and every
+    weight's rows run in one parallel call. Without ``norm``, each output equals the separate
+    ``bitlinear(x, weights[i], biases[i])`` bit for bit. With ``norm`` ((K,) in x's dtype),
+    x is first RMS-normed in the same call, as a model's norm before its projections::
+
+        x' = (x * r) * norm,   r = 1 / sqrt(mean(x^2) + eps)   (the mean square in float64,
+                                                                r rounded to x's dtype)
+    """
+    weights = [_check_weight(w) for w in weights]
+    biases = [None] * len(weights) if biases is None else list(biases)
+    if len(biases) != len(weights):
+        raise ValueError(f"biases: expected {len(weights)} entries, got {len(biases)}")
+    rows, dtype, batch, k = _rows("x", x)
+    formats = {w.format for w in weights}
+    if len(formats) > 1:
+        raise ValueError(f"weights: expected one format, got {sorted(formats)}")
+    for w in weights:
+        _check_in_features("x", k, w)
+    checked = [
+        ck.optional_float_input("bias", b, dtype, "x", ("out_features",), (w.out_features,))
+        for w, b in zip(weights, biases)
+    ]
+    norm = ck.optional_float_input("norm", norm, dtype, "x", ("in_features",), (k,))
+    outs = _BITLINEAR_MANY[dtype](
+        rows,
+        [w.packed for w in weights],
+        k,
+        weights[0].format,
+        [w.gamma for w in weights],
+        checked,
+        norm,
+        float(eps),
+    )
+    return [y.reshape(*batch, w.out_features) for y, w in zip(outs, weights)]
+
+
 def ternary_matmul_int(q: Any, weight: TernaryWeight) -> np.ndarray:
     """The exact int32 product ``q @ codes.T`` of int8 activations ``q`` (..., K) and a
     :class:`TernaryWeight`: (..., N). Every kernel path returns the same bits."""
@@ -479,23 +528,41 @@ class Int8Weight:
         return f"Int8Weight(out_features={n}, in_features={k}, nbytes={self.nbytes})"
 
 
-def int8_matmul(x: Any, weight: Int8Weight) -> np.ndarray:
+def int8_matmul(x: Any, weight: Int8Weight, *, activations: str = "int8") -> np.ndarray:
     """``y = x @ W.T`` for an :class:`Int8Weight`: ``x`` (..., K) float32 or float64 ->
-    (..., N) in x's dtype::
+    (..., N) in x's dtype. ``activations`` chooses the product:
 
-        y[..., n] = scales[n] * sum_k x[..., k] codes[n, k]
+    - ``"int8"`` (the default): each row of x is quantized as BitNet's ``activation_quant``
+      (:func:`quantize_activations`: ``a = 127 / max(max|x|, 1e-5)``, ``q = clip(round(x a),
+      -128, 127)``) and multiplied by the codes exactly in int32, with ``vpdpbusd`` on AVX-512
+      VNNI, ``vpmaddubsw`` on AVX2, or portable code (the paths of :func:`bitlinear`)::
 
-    The activations stay in float (no second quantization): each block of codes is converted
-    to x's dtype on the fly and multiplied with fused multiply-adds in 64 independent chains,
-    chosen at run time for AVX-512, AVX2 or portable code. The error against ``x @ W.T`` is
-    the weights' rounding (|W - scales codes| <= scales / 2 per weight) plus float rounding.
+          y[..., n] = ((sum_k q[..., k] codes[n, k]) * scales[n]) * (1 / a)   in float64,
+                                                                             rounded once
+
+      Every path and thread count gives the same bits. Besides the weights' rounding (as
+      for ``"float"``) it adds the activations': ``|x - q / a| <= 1 / (2 a) = max|x| / 254``
+      per element (for max|x| >= 1e-5), so y differs from the ``"float"`` product by at most
+      ``max|x| / 254 * sum_k |scales[n] codes[n, k]|`` plus float rounding. K is at most
+      132104 (exact int32 sums).
+    - ``"float"``: the activations stay in float: each block of codes is converted to x's
+      dtype on the fly and multiplied with fused multiply-adds in 64 independent chains
+      (AVX-512, AVX2 or portable)::
+
+          y[..., n] = scales[n] * sum_k x[..., k] codes[n, k]
+
+      The error against ``x @ W.T`` is the weights' rounding (|W - scales codes| <= scales / 2
+      per weight) plus float rounding.
+
     Results do not depend on the thread count or on the other rows of x; the GIL is released.
     """
     if not isinstance(weight, Int8Weight):
         raise TypeError(f"weight: expected an Int8Weight, got {type(weight).__name__}")
+    if activations not in _INT8_MATMUL:
+        raise ValueError(f"activations: expected 'int8' or 'float', got {activations!r}")
     rows, dtype, batch, k = _rows("x", x)
     n, in_features = weight.shape
     if k != in_features:
         raise ValueError(f"x: expected last dimension in_features = {in_features}, got {k}")
-    y = _INT8_MATMUL[dtype](rows, weight.codes, weight.scales)
+    y = _INT8_MATMUL[activations][dtype](rows, weight.codes, weight.scales)
     return y.reshape(*batch, n)

@@ -265,11 +265,12 @@ impl<T: Real> SplitJob<'_, '_, '_, T> {
 fn softmax_update<T: Real, A: Arch>((m, l): (T, T), p: &mut [T], o: &mut [T]) -> (T, T) {
     let block_max = p.iter().fold(T::NEG_INFINITY, |acc, &s| acc.max_nan(s));
     let new_max = m.max_nan(block_max);
-    let mut total = T::ZERO;
+    // Two passes, so that the exponentials vectorise (a running sum in the same loop keeps it
+    // scalar).
     for s in p.iter_mut() {
         *s = (*s - new_max).exp_on::<A>();
-        total += *s;
     }
+    let total = lane_sum(p);
     if m == new_max {
         return (new_max, l + total);
     }
@@ -319,6 +320,20 @@ fn dot<T: Real, A: Arch>(a: &[T], b: &[T]) -> T {
         even[l] += odd[l];
     }
     pairwise_sum(&even) + tail
+}
+
+/// `sum_j x_j` in [`LANES`] independent accumulators, then pairwise (it vectorises).
+#[inline(always)]
+fn lane_sum<T: Real>(x: &[T]) -> T {
+    let body = x.len() - x.len() % LANES;
+    let mut acc = [T::ZERO; LANES];
+    for chunk in x[..body].chunks_exact(LANES) {
+        for l in 0..LANES {
+            acc[l] += chunk[l];
+        }
+    }
+    let tail = x[body..].iter().fold(T::ZERO, |total, &v| total + v);
+    pairwise_sum(&acc) + tail
 }
 
 /// The sum of the lanes of `acc`, halving the width at each step.

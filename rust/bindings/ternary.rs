@@ -25,10 +25,14 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ternary_quantize_activations_f64, m)?)?;
     m.add_function(wrap_pyfunction!(ternary_bitlinear_f32, m)?)?;
     m.add_function(wrap_pyfunction!(ternary_bitlinear_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_bitlinear_many_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(ternary_bitlinear_many_f64, m)?)?;
     m.add_function(wrap_pyfunction!(int8_quantize_rows_f32, m)?)?;
     m.add_function(wrap_pyfunction!(int8_quantize_rows_f64, m)?)?;
     m.add_function(wrap_pyfunction!(int8_matmul_f32, m)?)?;
     m.add_function(wrap_pyfunction!(int8_matmul_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_matmul_quantized_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_matmul_quantized_f64, m)?)?;
     Ok(())
 }
 
@@ -177,6 +181,92 @@ fn bitlinear_generic<'py, T: QuantFloat + Element>(
     to_numpy(py, &[m, matrix.n], out)
 }
 
+type Arrays<'py, T> = Vec<Bound<'py, PyArrayDyn<T>>>;
+
+#[allow(clippy::too_many_arguments)]
+fn bitlinear_many_generic<'py, T: QuantFloat + Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    packed: Vec<PyReadonlyArrayDyn<'py, u8>>,
+    k: usize,
+    format: &str,
+    gammas: Vec<f64>,
+    biases: Vec<Option<PyReadonlyArrayDyn<'py, T>>>,
+    norm: Option<PyReadonlyArrayDyn<'py, T>>,
+    eps: f64,
+) -> PyResult<Arrays<'py, T>> {
+    let [m, _] = dims_of::<2>("x", x.shape(), "2 dimensions")?;
+    let norm = as_opt_slice("norm", &norm)?.map(|weight| matmul::RmsNorm { weight, eps });
+    if gammas.len() != packed.len() || biases.len() != packed.len() {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "packed, gammas, biases: expected lists of one length, got {}, {}, {}",
+            packed.len(),
+            gammas.len(),
+            biases.len()
+        )));
+    }
+    let matrices = packed
+        .iter()
+        .map(|p| packed_matrix(p, k, format))
+        .collect::<PyResult<Vec<_>>>()?;
+    let bias_slices = biases
+        .iter()
+        .map(|b| as_opt_slice("bias", b))
+        .collect::<PyResult<Vec<_>>>()?;
+    let x = as_slice("x", &x)?;
+    let lens = matrices
+        .iter()
+        .map(|w| checked_product("x", &[m, w.n]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outs = run_detached(py, || {
+        let layers: Vec<matmul::Linear<'_, '_, T>> = matrices
+            .iter()
+            .zip(&gammas)
+            .zip(&bias_slices)
+            .map(|((weight, &gamma), &bias)| matmul::Linear {
+                weight,
+                gamma,
+                bias,
+            })
+            .collect();
+        let mut outs: Vec<Vec<T>> = lens.iter().map(|&len| vec![T::ZERO; len]).collect();
+        let mut slices: Vec<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        matmul::bitlinear_many(x, m, norm.as_ref(), &layers, &mut slices)?;
+        Ok(outs)
+    })?;
+    outs.into_iter()
+        .zip(&matrices)
+        .map(|(out, w)| to_numpy(py, &[m, w.n], out))
+        .collect()
+}
+
+macro_rules! many_entry_point {
+    ($t:ty, $name:ident) => {
+        /// BitLinear forward of one x (`(M, K)`), RMS-normed with `norm` (`(K,)`) and `eps`
+        /// first if given, through several packed weights of the same K and format (x
+        /// quantized once): a list of `(M, N_i)`.
+        #[pyfunction]
+        #[pyo3(signature = (x, packed, k, format, gammas, biases, norm, eps))]
+        #[allow(clippy::too_many_arguments)]
+        fn $name<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            packed: Vec<PyReadonlyArrayDyn<'py, u8>>,
+            k: usize,
+            format: &str,
+            gammas: Vec<f64>,
+            biases: Vec<Option<PyReadonlyArrayDyn<'py, $t>>>,
+            norm: Option<PyReadonlyArrayDyn<'py, $t>>,
+            eps: f64,
+        ) -> PyResult<Arrays<'py, $t>> {
+            bitlinear_many_generic(py, x, packed, k, format, gammas, biases, norm, eps)
+        }
+    };
+}
+
+many_entry_point!(f32, ternary_bitlinear_many_f32);
+many_entry_point!(f64, ternary_bitlinear_many_f64);
+
 macro_rules! typed_entry_points {
     ($t:ty, $weights:ident, $activations:ident, $bitlinear:ident) => {
         /// Quantizes W (`(N, K)`) and packs it: returns `(packed, gamma)`.
@@ -247,11 +337,12 @@ fn int8_quantize_rows_generic<'py, T: QuantFloat + Element>(
     Ok((to_numpy(py, &[n, k], codes)?, to_numpy(py, &[n], scales)?))
 }
 
-fn int8_matmul_generic<'py, T: Int8Float + Element>(
+fn int8_matmul_generic<'py, T: Int8Float + QuantFloat + Element>(
     py: Python<'py>,
     x: PyReadonlyArrayDyn<'py, T>,
     codes: PyReadonlyArrayDyn<'py, i8>,
     scales: PyReadonlyArrayDyn<'py, f32>,
+    quantized: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
     let [m, k] = dims_of::<2>("x", x.shape(), "2 dimensions")?;
     let [n, _] = dims_of::<2>("codes", codes.shape(), "2 dimensions")?;
@@ -263,14 +354,18 @@ fn int8_matmul_generic<'py, T: Int8Float + Element>(
     let len = checked_product("x", &[m, n])?;
     let out = run_detached(py, || {
         let mut out = vec![T::ZERO; len];
-        int8::int8_matmul(x, m, codes, scales, n, k, &mut out)?;
+        if quantized {
+            int8::int8_matmul_quantized(x, m, codes, scales, n, k, &mut out)?;
+        } else {
+            int8::int8_matmul(x, m, codes, scales, n, k, &mut out)?;
+        }
         Ok(out)
     })?;
     to_numpy(py, &[m, n], out)
 }
 
 macro_rules! int8_entry_points {
-    ($t:ty, $quantize:ident, $matmul:ident) => {
+    ($t:ty, $quantize:ident, $matmul:ident, $matmul_quantized:ident) => {
         /// Quantizes W (`(N, K)`) to int8 with one scale per row: returns `(codes, scales)`.
         #[pyfunction]
         fn $quantize<'py>(
@@ -288,10 +383,32 @@ macro_rules! int8_entry_points {
             codes: PyReadonlyArrayDyn<'py, i8>,
             scales: PyReadonlyArrayDyn<'py, f32>,
         ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
-            int8_matmul_generic(py, x, codes, scales)
+            int8_matmul_generic(py, x, codes, scales, false)
+        }
+
+        /// `(q @ codes.T) * scales / a` for x (`(M, K)`) quantized per row to int8 codes q
+        /// with scales a (BitNet's activation quantization): `(M, N)`.
+        #[pyfunction]
+        fn $matmul_quantized<'py>(
+            py: Python<'py>,
+            x: PyReadonlyArrayDyn<'py, $t>,
+            codes: PyReadonlyArrayDyn<'py, i8>,
+            scales: PyReadonlyArrayDyn<'py, f32>,
+        ) -> PyResult<Bound<'py, PyArrayDyn<$t>>> {
+            int8_matmul_generic(py, x, codes, scales, true)
         }
     };
 }
 
-int8_entry_points!(f32, int8_quantize_rows_f32, int8_matmul_f32);
-int8_entry_points!(f64, int8_quantize_rows_f64, int8_matmul_f64);
+int8_entry_points!(
+    f32,
+    int8_quantize_rows_f32,
+    int8_matmul_f32,
+    int8_matmul_quantized_f32
+);
+int8_entry_points!(
+    f64,
+    int8_quantize_rows_f64,
+    int8_matmul_f64,
+    int8_matmul_quantized_f64
+);

@@ -4,20 +4,36 @@
 //! ```text
 //! quantize:  s[n] = f32(max_k |W[n, k]| / 127)
 //!            c[n, k] = clip(round_half_even(W[n, k] / s[n]), -127, 127)     (0 when s[n] = 0)
-//! matmul:    y[m, n] = s[n] * sum_k x[m, k] c[n, k]
+//! matmul, float activations ([`int8_matmul`]):
+//!            y[m, n] = s[n] * sum_k x[m, k] c[n, k]
+//! matmul, int8 activations ([`int8_matmul_quantized`]):
+//!            q[m, :], a[m] = activation_quant(x[m, :])     (BitNet's: a = 127 / max(max|x|, 1e-5))
+//!            y[m, n] = T((f64(sum_k q[m, k] c[n, k]) * f64(s[n])) * (1 / f64(a[m])))
 //! ```
 //!
-//! Quantization runs in f64 (so the float32 and float64 paths give the same codes). The
-//! matmul keeps the activations in float: each block of codes is converted to x's type on
-//! the fly and multiplied in independent FMA chains (summed pairwise at the end; explicit
-//! AVX-512 and AVX2 loops for f32, plain vectorisable Rust otherwise), so the only error besides float rounding is the weights' own (at most s[n] / 2 each).
-//! At batch 1 the kernel reads each code once and is bound by memory bandwidth; for several
+//! Quantization runs in f64 (so the float32 and float64 paths give the same codes).
+//!
+//! The float-activation matmul converts each block of codes to x's type on the fly and
+//! multiplies in independent FMA chains (summed pairwise at the end; explicit AVX-512 and AVX2
+//! loops for f32, plain vectorisable Rust otherwise), so the only error besides float rounding
+//! is the weights' own (at most s[n] / 2 each). The loops are plain Rust compiled per ISA by
+//! [`simd::dispatch`] (AVX-512, AVX2 + FMA, or portable).
+//!
+//! The int8-activation matmul quantizes each row of x with [`QuantizeRow`] and sums the
+//! products exactly in i32 on the ternary kernels' code paths ([`KernelPath`]: AVX-512 VNNI
+//! `vpdpbusd`, AVX2 `vpmaddubsw`, portable, which aarch64 runs too; see [`super::int8_dot`]);
+//! the only roundings after the integers are those of the fixed f64 rescale above, so every
+//! path and thread count gives the same bits. It adds the activations' rounding (at most
+//! max|x[m]| / 254 per element) to the weights'.
+//!
+//! At batch 1 both kernels read each code once and are bound by memory bandwidth; for several
 //! rows of x, the weight rows of a chunk stay in cache while the rows of x pass over them.
 //! Each output is one dot product with a fixed order, so the result depends neither on the
-//! thread count nor on the batch size. The loops are plain Rust compiled per ISA by
-//! [`simd::dispatch`] (AVX-512, AVX2 + FMA, or portable).
+//! thread count nor on the batch size.
 
-use super::quantize::QuantFloat;
+use super::int8_dot::{self, MAX_K};
+use super::kernels::KernelPath;
+use super::quantize::{QuantFloat, QuantizeRow};
 use crate::error::{check_len, checked_product, KernelError};
 use crate::simd::{self, Arch, Kernel, Real};
 use rayon::prelude::*;
@@ -182,6 +198,101 @@ pub fn int8_matmul<T: Int8Float>(
             simd::dispatch_on(isa, job);
         });
     Ok(())
+}
+
+/// The activations' `eps` of [`int8_matmul_quantized`] (BitNet's `activation_quant`).
+pub const ACTIVATION_EPS: f64 = 1e-5;
+
+/// Elements of x below which its rows are quantized on the calling thread.
+const SERIAL_QUANTIZE: usize = 1 << 16;
+
+/// `out = (q @ c.T) * s / a`: `x` (`(m, k)`) quantized per row to int8 codes `q` with scales
+/// `a` (see the module docs), then multiplied exactly by `codes` (`(n, k)`); `scales` `(n,)`,
+/// `out` `(m, n)`. K is at most [`MAX_K`] (exact i32 sums); NaN or infinity in x is an error.
+pub fn int8_matmul_quantized<T: QuantFloat>(
+    x: &[T],
+    m: usize,
+    codes: &[i8],
+    scales: &[f32],
+    n: usize,
+    k: usize,
+    out: &mut [T],
+) -> Result<(), KernelError> {
+    check_len("x", x, &[m, k])?;
+    check_len("codes", codes, &[n, k])?;
+    check_len("scales", scales, &[n])?;
+    check_len("out", out, &[m, n])?;
+    checked_product("x", &[m, n, k])?;
+    if k > MAX_K {
+        return Err(KernelError::value(
+            "x",
+            format!(
+                "expected in_features <= {MAX_K} for int8 activations (exact int32 sums), got {k}"
+            ),
+        ));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out.fill(T::ZERO);
+        return Ok(());
+    }
+    let (q, act_scales) = quantize_x(x, m, k)?;
+    let sums: Vec<i32> = q
+        .chunks_exact(k)
+        .map(|row| row.iter().map(|&v| i32::from(v)).sum())
+        .collect();
+    let inverse: Vec<f64> = act_scales.iter().map(|a| 1.0 / a.to_f64()).collect();
+    let path = KernelPath::current();
+    let rows = chunk_rows(m, n, k);
+    split_columns(out, n, rows)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let first = chunk * rows;
+            let count = rows.min(n - first);
+            let mut dots = vec![0i32; m * count];
+            let chunk_codes = &codes[first * k..(first + count) * k];
+            int8_dot::dots(path, &q, &sums, chunk_codes, k, &mut dots);
+            let chunk_scales = &scales[first..first + count];
+            for ((out, dots), &inverse) in
+                out.into_iter().zip(dots.chunks_exact(count)).zip(&inverse)
+            {
+                for ((y, &dot), &s) in out.iter_mut().zip(dots).zip(chunk_scales) {
+                    // y = (dot s[n]) / a[m], in f64 as (dot * s[n]) * (1 / a[m]), rounded once.
+                    *y = T::from_f64(f64::from(dot) * f64::from(s) * inverse);
+                }
+            }
+        });
+    Ok(())
+}
+
+/// The int8 codes (`(m, k)`) and scales (`(m,)`) of the rows of `x`, as
+/// [`super::quantize::quantize_activations`] computes them with eps [`ACTIVATION_EPS`].
+fn quantize_x<T: QuantFloat>(
+    x: &[T],
+    m: usize,
+    k: usize,
+) -> Result<(Vec<i8>, Vec<T>), KernelError> {
+    let (mut q, mut act_scales) = (vec![0i8; m * k], vec![T::ZERO; m]);
+    let (isa, eps) = (simd::isa(), T::from_f64(ACTIVATION_EPS));
+    let row = |((x, q), a): ((&[T], &mut [i8]), &mut T)| -> Result<(), KernelError> {
+        *a = simd::dispatch_on(isa, QuantizeRow { x, q, eps })?;
+        Ok(())
+    };
+    if m * k < SERIAL_QUANTIZE {
+        x.chunks_exact(k)
+            .zip(q.chunks_exact_mut(k))
+            .zip(act_scales.iter_mut())
+            .try_for_each(row)?;
+    } else {
+        x.par_chunks_exact(k)
+            .zip(q.par_chunks_exact_mut(k))
+            .zip(act_scales.par_iter_mut())
+            .try_for_each(row)?;
+    }
+    Ok((q, act_scales))
 }
 
 /// Weight rows per parallel chunk: about eight chunks per thread, and at most
@@ -427,6 +538,44 @@ mod tests {
                 });
             }
         }
+    }
+
+    #[test]
+    fn quantized_path_matches_the_definition_on_every_path() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 7, 63),
+            (3, 9, 65),
+            (5, 33, 200),
+            (2, 70, 1000),
+        ] {
+            let x: Vec<f32> = filled(m * k, 5).iter().map(|&v| v as f32).collect();
+            let codes: Vec<i8> = filled(n * k, 6).iter().map(|v| (v * 127.0) as i8).collect();
+            let scales: Vec<f32> = filled(n, 7)
+                .iter()
+                .map(|v| (v.abs() + 0.1) as f32)
+                .collect();
+            let (mut q, mut a) = (vec![0i8; m * k], vec![0f32; m]);
+            super::super::quantize::quantize_activations(&x, m, k, 1e-5, &mut q, &mut a).unwrap();
+            let want: Vec<f32> = (0..m * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    let dot: i64 = (0..k)
+                        .map(|j| i64::from(q[r * k + j]) * i64::from(codes[c * k + j]))
+                        .sum();
+                    (dot as f64 * f64::from(scales[c]) * (1.0 / f64::from(a[r]))) as f32
+                })
+                .collect();
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                simd::with_isa(isa, || {
+                    let mut out = vec![0.0f32; m * n];
+                    int8_matmul_quantized(&x, m, &codes, &scales, n, k, &mut out).unwrap();
+                    assert_eq!(out, want, "{isa:?} {m} {n} {k}");
+                });
+            }
+        }
+        let err = int8_matmul_quantized(&[f32::NAN], 1, &[1], &[1.0], 1, 1, &mut [0.0]);
+        assert!(matches!(err, Err(KernelError::Value { name: "x", .. })));
     }
 
     #[test]

@@ -55,34 +55,150 @@ pub fn bitlinear<T: QuantFloat>(
     bias: Option<&[T]>,
     out: &mut [T],
 ) -> Result<(), KernelError> {
-    let (layout, n) = (weight.layout, weight.n);
-    check_len("x", x, &[m, layout.k])?;
-    check_len("out", out, &[m, n])?;
-    if let Some(bias) = bias {
-        check_len("bias", bias, &[n])?;
+    bitlinear_many(
+        x,
+        m,
+        None,
+        &[Linear {
+            weight,
+            gamma,
+            bias,
+        }],
+        &mut [out],
+    )
+}
+
+/// One BitLinear layer of [`bitlinear_many`]: packed weights, their scale and a bias.
+pub struct Linear<'w, 'a, T> {
+    /// The packed ternary weights `(N, K)`.
+    pub weight: &'w PackedMatrix<'a>,
+    /// The per-tensor scale (W = gamma t).
+    pub gamma: f64,
+    /// `(N,)`, or none.
+    pub bias: Option<&'w [T]>,
+}
+
+/// An RMS norm applied to x before quantization (BitNet's sub-norms and pre-norms):
+///
+/// ```text
+/// r = 1 / sqrt(sum_k x_k^2 / K + eps)      in f64, rounded to T
+/// x'_k = (x_k * r) * weight_k              in T
+/// ```
+pub struct RmsNorm<'a, T> {
+    /// `(K,)` per-channel weights.
+    pub weight: &'a [T],
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<T: QuantFloat> RmsNorm<'_, T> {
+    /// Writes the normed `x` into `out`.
+    fn apply(&self, x: &[T], out: &mut [T]) {
+        let squares = x.iter().fold(0.0f64, |acc, &v| {
+            let v = v.to_f64();
+            v.mul_add(v, acc)
+        });
+        let r = T::from_f64(1.0 / (squares / x.len() as f64 + self.eps).sqrt());
+        for ((o, &v), &w) in out.iter_mut().zip(x).zip(self.weight) {
+            *o = (v * r) * w;
+        }
     }
+}
+
+/// [`bitlinear`] of one `x` (`(m, K)`) through several layers of the same K and format (a
+/// transformer's q/k/v projections), after an optional [`RmsNorm`] of x: x is normed and
+/// quantized once and the weight chunks of all layers run in one parallel loop. `outs[i]` is
+/// `(m, N_i)`; without a norm each equals the separate [`bitlinear`].
+pub fn bitlinear_many<T: QuantFloat>(
+    x: &[T],
+    m: usize,
+    norm: Option<&RmsNorm<'_, T>>,
+    layers: &[Linear<'_, '_, T>],
+    outs: &mut [&mut [T]],
+) -> Result<(), KernelError> {
+    let Some(first) = layers.first() else {
+        return Ok(());
+    };
+    let layout = first.weight.layout;
+    check_len("x", x, &[m, layout.k])?;
     check_k(&layout)?;
-    if !(gamma.is_finite() && gamma > 0.0) {
+    if outs.len() != layers.len() {
         return Err(KernelError::value(
-            "gamma",
-            format!("expected a finite value > 0, got {gamma}"),
+            "out",
+            format!("expected {} outputs, got {}", layers.len(), outs.len()),
         ));
+    }
+    for (layer, out) in layers.iter().zip(outs.iter()) {
+        check_layer(layer, &layout, m, out)?;
+    }
+    if let Some(norm) = norm {
+        check_len("norm", norm.weight, &[layout.k])?;
+        if !(norm.eps.is_finite() && norm.eps >= 0.0) {
+            return Err(KernelError::value(
+                "eps",
+                format!("expected a finite value >= 0, got {}", norm.eps),
+            ));
+        }
     }
     let eps = T::from_f64(1e-5);
     let isa = simd::isa();
     let mut scales = vec![T::ZERO; m];
     let panels = Panels::try_from_rows(m, &layout, &mut scales, |i, q, scale| {
-        let x = &x[i * layout.k..][..layout.k];
-        *scale = simd::dispatch_on(isa, QuantizeRow { x, q, eps })?;
+        let row = &x[i * layout.k..][..layout.k];
+        *scale = match norm {
+            None => simd::dispatch_on(isa, QuantizeRow { x: row, q, eps })?,
+            Some(norm) => {
+                let mut normed = vec![T::ZERO; layout.k];
+                norm.apply(row, &mut normed);
+                simd::dispatch_on(isa, QuantizeRow { x: &normed, q, eps })?
+            }
+        };
         Ok(())
     })?;
-    let mut acc = vec![0i32; out.len()];
-    multiply(&panels, weight, &mut acc);
-    if n > 0 {
-        out.par_chunks_mut(n)
-            .zip(acc.par_chunks(n))
-            .zip(scales.par_iter())
-            .for_each(|((y, acc), &scale)| rescale_row(y, acc, gamma / scale.to_f64(), bias));
+    let mut accs: Vec<Vec<i32>> = outs.iter().map(|out| vec![0i32; out.len()]).collect();
+    let weights: Vec<&PackedMatrix<'_>> = layers.iter().map(|layer| layer.weight).collect();
+    let mut acc_slices: Vec<&mut [i32]> = accs.iter_mut().map(|a| &mut a[..]).collect();
+    multiply_many(&panels, &weights, &mut acc_slices);
+    for ((layer, out), acc) in layers.iter().zip(outs.iter_mut()).zip(&accs) {
+        let n = layer.weight.n;
+        if n > 0 {
+            out.par_chunks_mut(n)
+                .zip(acc.par_chunks(n))
+                .zip(scales.par_iter())
+                .for_each(|((y, acc), &scale)| {
+                    rescale_row(y, acc, layer.gamma / scale.to_f64(), layer.bias)
+                });
+        }
+    }
+    Ok(())
+}
+
+/// Checks one layer of [`bitlinear_many`] against the first one's `layout` and its output.
+fn check_layer<T>(
+    layer: &Linear<'_, '_, T>,
+    layout: &Layout,
+    m: usize,
+    out: &[T],
+) -> Result<(), KernelError> {
+    let (weight, n) = (layer.weight, layer.weight.n);
+    if weight.layout.k != layout.k || weight.layout.format != layout.format {
+        return Err(KernelError::value(
+            "weight",
+            format!(
+                "expected every layer with in_features {} in the same format, got {}",
+                layout.k, weight.layout.k
+            ),
+        ));
+    }
+    check_len("out", out, &[m, n])?;
+    if let Some(bias) = layer.bias {
+        check_len("bias", bias, &[n])?;
+    }
+    if !(layer.gamma.is_finite() && layer.gamma > 0.0) {
+        return Err(KernelError::value(
+            "gamma",
+            format!("expected a finite value > 0, got {}", layer.gamma),
+        ));
     }
     Ok(())
 }
@@ -168,29 +284,42 @@ impl Panels {
 
 /// `out[m, n] = sum_k t[n, k] q[m, k]`, weight rows split into parallel chunks.
 fn multiply(panels: &Panels, weight: &PackedMatrix<'_>, out: &mut [i32]) {
-    let (m, n) = (panels.row_sums.len(), weight.n);
-    if m == 0 || n == 0 {
+    multiply_many(panels, &[weight], &mut [out]);
+}
+
+/// [`multiply`] for several weights at once: the chunks of all of them run in one parallel
+/// loop (`outs[i]` is `(m, N_i)`).
+fn multiply_many(panels: &Panels, weights: &[&PackedMatrix<'_>], outs: &mut [&mut [i32]]) {
+    let m = panels.row_sums.len();
+    if m == 0 {
         return;
     }
-    let layout = weight.layout;
     let path = KernelPath::current();
-    let rows = chunk_rows(n);
-    let row_bytes = layout.row_bytes();
-    split_columns(out, n, rows)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(chunk, out)| {
+    let mut jobs = Vec::new();
+    for (weight, out) in weights.iter().zip(outs.iter_mut()) {
+        let n = weight.n;
+        if n == 0 {
+            continue;
+        }
+        let rows = chunk_rows(n);
+        let row_bytes = weight.layout.row_bytes();
+        for (chunk, out) in split_columns(out, n, rows).into_iter().enumerate() {
             let first = chunk * rows;
             let count = rows.min(n - first);
-            let job = ChunkJob {
-                layout: &layout,
-                weights: &weight.data[first * row_bytes..(first + count) * row_bytes],
-                panels: &panels.data,
-                row_sums: &panels.row_sums,
-                out,
-            };
-            run_chunk(path, job);
-        });
+            let data = &weight.data[first * row_bytes..(first + count) * row_bytes];
+            jobs.push((weight.layout, data, out));
+        }
+    }
+    jobs.into_par_iter().for_each(|(layout, weights, out)| {
+        let job = ChunkJob {
+            layout: &layout,
+            weights,
+            panels: &panels.data,
+            row_sums: &panels.row_sums,
+            out,
+        };
+        run_chunk(path, job);
+    });
 }
 
 /// Weight rows per chunk: a multiple of [`TILE_COLS`], small enough for about four chunks per

@@ -7,10 +7,12 @@
 //! - [`pack`]: the `"i2"` (2 bits per weight) and `"t1"` (base 3, 1.6 bits per weight) formats.
 //! - [`matmul`]: the exact int32 product and the BitLinear forward; [`kernels`] holds the
 //!   AVX-512 VNNI, AVX2, NEON and portable dot products it runs on.
-//! - [`int8`]: int8 weights with a scale per row and their float-activation matmul, for the
+//! - [`int8`]: int8 weights with a scale per row and their matmul (activations in float, or
+//!   quantized per row to int8 and multiplied exactly by [`int8_dot`]'s kernels), for the
 //!   large float layers beside the ternary ones (a model's output head).
 
 pub mod int8;
+pub mod int8_dot;
 pub mod kernels;
 pub mod matmul;
 pub mod pack;

@@ -2,11 +2,13 @@
 contexts, prefill, and the int8 head, each beside its floor.
 
 - decode: one token after a context of C tokens, with the float32 head and with ``head="int8"``;
-  the floor is the model's own layers alone (its 7 bitlinear calls per layer back to back on
-  one row, plus the head's GEMV), and the attention part is the 30 attention calls alone
-  with the bytes of cache they read.
+  the floor is the model's own layers alone (its bitlinear calls per layer back to back on one
+  row, made as the model makes them: each with the RMS norm before it, q/k/v in one call, o,
+  gate/up in one call, down; plus the head's GEMV), and the attention part is the 30
+  attention calls alone with the bytes of cache they read.
 - prefill: a prompt of T tokens (all logits) against the same layers alone on T rows.
-- head: the 128256 x 2560 GEMV in int8 (seqkern) beside float32 (NumPy), ms and GB/s.
+- head: the 128256 x 2560 GEMV in int8 (seqkern; int8 or float activations) beside float32
+  (NumPy), ms and GB/s.
 
 The decode cache is filled with constant keys and values instead of running a C-token
 prefill first (a step's cost does not depend on the values). Usage: ``python -m
@@ -113,17 +115,28 @@ def decode_step(model: bitnet.BitNetLM, context: int) -> Callable[[], Any]:
 
 
 def layers_alone(model: bitnet.BitNetLM, rows: int) -> Callable[[], None]:
-    """The model's bitlinear calls back to back on ``rows`` rows, then its head."""
+    """The model's bitlinear calls back to back on ``rows`` rows, made as the model makes them
+    (each with the RMS norm before it; q/k/v in one call, o, gate/up in one call, down), then
+    its head."""
     rng = np.random.default_rng(0)
-    weights = [w for layer in model.layers for w in layer.proj.values()]
+    calls = [
+        ([layer.proj[name] for name in names], getattr(layer, norm))
+        for layer in model.layers
+        for names, norm in (
+            (bitnet.PROJECTIONS[:3], "input_norm"),
+            (("o_proj",), "attn_sub_norm"),
+            (("gate_proj", "up_proj"), "post_norm"),
+            (("down_proj",), "ffn_sub_norm"),
+        )
+    ]
     inputs = {
         k: rng.standard_normal((rows, k)).astype(np.float32)
-        for k in {w.in_features for w in weights} | {model.hidden_size}
+        for k in {group[0].in_features for group, _ in calls} | {model.hidden_size}
     }
 
     def run() -> None:
-        for w in weights:
-            ternary.bitlinear(inputs[w.in_features], w)
+        for group, norm in calls:
+            ternary._bitlinear_many(inputs[group[0].in_features], group, None, norm, model.eps)
         x = inputs[model.hidden_size]
         if model.lm_head_int8 is not None:
             ternary.int8_matmul(x, model.lm_head_int8)
@@ -151,14 +164,21 @@ def attention_alone(model: bitnet.BitNetLM, context: int) -> tuple[Callable[[], 
 
 
 def head_gemv(model: bitnet.BitNetLM, repeats: int) -> dict[str, float]:
-    """The head's GEMV at batch 1: int8 (seqkern) and float32 (NumPy)."""
+    """The head's GEMV at batch 1, side by side: int8 codes with int8 activations (the model's
+    ``head="int8"``: exact int32 sums, VNNI where available), int8 codes with float activations,
+    and float32 (NumPy)."""
     x = np.random.default_rng(0).standard_normal((1, model.hidden_size)).astype(np.float32)
     weight = ternary.Int8Weight.from_float(model.lm_head)
     int8_s = median_seconds(lambda: ternary.int8_matmul(x, weight), repeats)
+    float_act_s = median_seconds(
+        lambda: ternary.int8_matmul(x, weight, activations="float"), repeats
+    )
     float_s = median_seconds(lambda: x @ model.lm_head.T, repeats)
     return {
         "int8_ms": int8_s * 1e3,
         "int8_GBps": weight.nbytes / int8_s / 1e9,
+        "int8_float_activations_ms": float_act_s * 1e3,
+        "int8_float_activations_GBps": weight.nbytes / float_act_s / 1e9,
         "float32_ms": float_s * 1e3,
         "float32_GBps": model.lm_head.nbytes / float_s / 1e9,
     }
@@ -192,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     results["head"] = head
     print(
         f"head GEMV 128256 x 2560: int8 {head['int8_ms']:.1f} ms ({head['int8_GBps']:.1f} GB/s)"
+        f", int8 with float activations {head['int8_float_activations_ms']:.1f} ms "
+        f"({head['int8_float_activations_GBps']:.1f} GB/s)"
         f", float32 NumPy {head['float32_ms']:.1f} ms ({head['float32_GBps']:.1f} GB/s)"
     )
     head_s = {"float": head["float32_ms"] / 1e3, "int8": head["int8_ms"] / 1e3}

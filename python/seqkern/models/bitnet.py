@@ -11,7 +11,10 @@ A Llama layout whose projections are BitLinear layers (ternary weights, int8 act
 
 Every BitLinear quantizes its input per token to int8 (absmax 127, eps 1e-5) and multiplies
 by ternary codes with one per-tensor scale: ``y = (q @ t.T) * gamma / scale``
-(:func:`seqkern.ternary.bitlinear`). Checkpoints come in two forms, told by
+(:func:`seqkern.ternary.bitlinear`). Every RMS norm feeds BitLinear layers, so on seqkern each
+runs inside the call of the projections it feeds (q/k/v together, o, gate/up together, down):
+the input is normed, quantized once and multiplied by every weight in one parallel loop.
+Checkpoints come in two forms, told by
 ``quantization_config.quantization_mode``:
 
 - "offline" (the released packed files): each projection is uint8 (out / 4, in), original row
@@ -31,7 +34,9 @@ first ``seq_len`` positions, which the kernel reads in place.
 
 ``head="int8"`` stores the head (or the tied embedding) as :class:`~seqkern.ternary.Int8Weight`
 (int8 with a scale per row): 4x less memory traffic for BitNet-2B's largest matrix
-(128256 x 2560), with activations kept in float.
+(128256 x 2560). :func:`~seqkern.ternary.int8_matmul` quantizes the final normed state per
+token to int8 (as BitLinear quantizes its inputs) and sums the products exactly in int32
+(AVX-512 VNNI, AVX2 or portable code; every path gives the same logits).
 """
 
 from __future__ import annotations
@@ -213,6 +218,18 @@ class BitNetLM(CausalLM):
         y = ternary_ref.bitlinear(x, codes, gamma, bias).astype(self.dtype)
         return y
 
+    def _normed_bitlinears(
+        self, x: np.ndarray, norm: np.ndarray, layer: _Layer, names: tuple[str, ...]
+    ) -> list:
+        """The projections ``names`` of ``rms_norm(x, norm)``: on seqkern one call that norms
+        and quantizes x once and runs every projection's rows in one parallel loop."""
+        if self.kernels.name == "seqkern":
+            weights = [layer.proj[name] for name in names]
+            biases = [layer.bias[name] for name in names]
+            return ternary._bitlinear_many(x, weights, biases, norm, self.eps)
+        n = rms_norm(x, norm, self.eps)
+        return [self._bitlinear(n, layer.proj[name], layer.bias[name]) for name in names]
+
     def _codes_of(self, weight: ternary.TernaryWeight) -> tuple[np.ndarray, float]:
         """The int8 codes the NumPy backend multiplies by (unpacked once per weight)."""
         key = id(weight)
@@ -229,20 +246,27 @@ class BitNetLM(CausalLM):
         return ternary_ref.int8_matmul(x, head.codes, head.scales)
 
     def _rope_tables(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin (length, head_dim / 2) of the angles p theta^(-2j / head_dim) at
-        positions p = start .. start + length - 1 (computed in float64, then the model dtype)."""
+        """``[cos, cos]`` and ``[-sin, sin]`` (length, head_dim) of the angles
+        p theta^(-2j / head_dim) at positions p = start .. start + length - 1 (computed in
+        float64, then the model dtype)."""
         d = self.head_dim
         inv_freq = 1.0 / self.theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
         angles = np.arange(start, start + length, dtype=np.float64)[:, None] * inv_freq
-        return np.cos(angles).astype(self.dtype), np.sin(angles).astype(self.dtype)
+        cos, sin = np.cos(angles), np.sin(angles)
+        return (
+            np.concatenate((cos, cos), axis=-1).astype(self.dtype),
+            np.concatenate((-sin, sin), axis=-1).astype(self.dtype),
+        )
 
     def _rope(self, x: np.ndarray, start: int, tables=None) -> np.ndarray:
         """Rotate-half RoPE of x (B, H, T, D) at positions start .. start + T - 1:
-        (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+        (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), computed as
+        x [cos, cos] + [x2, x1] [-sin, sin] (the same roundings)."""
         cos, sin = self._rope_tables(start, x.shape[2]) if tables is None else tables
         half = self.head_dim // 2
-        first, second = x[..., :half], x[..., half:]
-        return np.concatenate((first * cos - second * sin, second * cos + first * sin), axis=-1)
+        out = x * cos
+        out += np.concatenate((x[..., half:], x[..., :half]), axis=-1) * sin
+        return out
 
     def _reserve(self, cache: Cache, length: int) -> None:
         """Grows the K/V buffers (by doubling) to hold ``length`` positions."""
@@ -260,29 +284,27 @@ class BitNetLM(CausalLM):
     def _attention(self, layer: _Layer, i: int, x: np.ndarray, cache: Cache, rope) -> np.ndarray:
         b, t, _ = x.shape
         d, start = self.head_dim, cache.seq_len
-        n = rms_norm(x, layer.input_norm, self.eps)
-        q, k, v = (
-            self._bitlinear(n, layer.proj[name], layer.bias[name]).reshape(b, t, -1, d)
-            for name in ("q_proj", "k_proj", "v_proj")
-        )
-        q = self._rope(q.transpose(0, 2, 1, 3), start, rope)
-        k = self._rope(k.transpose(0, 2, 1, 3), start, rope)
+        q, k, v = self._normed_bitlinears(x, layer.input_norm, layer, PROJECTIONS[:3])
+        # RoPE of the query and key heads together: (B, T, Hq + Hkv, D) -> (B, H, T, D).
+        qk = np.concatenate((q, k), axis=-1).reshape(b, t, -1, d).transpose(0, 2, 1, 3)
+        qk = self._rope(qk, start, rope)
+        q = qk[:, : self.heads]
         keys, values = cache["k"][i], cache["v"][i]
-        keys[:, :, start : start + t] = k
-        values[:, :, start : start + t] = v.transpose(0, 2, 1, 3)
+        keys[:, :, start : start + t] = qk[:, self.heads :]
+        values[:, :, start : start + t] = v.reshape(b, t, -1, d).transpose(0, 2, 1, 3)
         end = start + t
         out = self.kernels.causal_attention(q, keys[:, :, :end], values[:, :, :end])
         out = out.transpose(0, 2, 1, 3).reshape(b, t, self.heads * d)
-        out = rms_norm(out, layer.attn_sub_norm, self.eps)
-        return self._bitlinear(out, layer.proj["o_proj"], layer.bias["o_proj"])
+        (y,) = self._normed_bitlinears(out, layer.attn_sub_norm, layer, ("o_proj",))
+        return y
 
     def _mlp(self, layer: _Layer, x: np.ndarray) -> np.ndarray:
-        m = rms_norm(x, layer.post_norm, self.eps)
-        gate = self._bitlinear(m, layer.proj["gate_proj"])
-        up = self._bitlinear(m, layer.proj["up_proj"])
+        gate, up = self._normed_bitlinears(x, layer.post_norm, layer, ("gate_proj", "up_proj"))
         np.maximum(gate, 0, out=gate)
-        act = rms_norm(np.square(gate, out=gate) * up, layer.ffn_sub_norm, self.eps)
-        return self._bitlinear(act, layer.proj["down_proj"])
+        act = np.square(gate, out=gate)
+        act *= up
+        (y,) = self._normed_bitlinears(act, layer.ffn_sub_norm, layer, ("down_proj",))
+        return y
 
     def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         self._reserve(cache, cache.seq_len + ids.shape[1])

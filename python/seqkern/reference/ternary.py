@@ -61,7 +61,15 @@ def int8_quantize_rows(W):
     return codes.astype(np.int8), scales
 
 
-def int8_matmul(x, codes, scales):
-    """``y = (x @ codes.T) * scales`` in x's dtype (the int8 head's product)."""
+def int8_matmul(x, codes, scales, activations="int8"):
+    """The int8 head's product in x's dtype. ``activations="float"``:
+    ``y = (x @ codes.T) * scales``. ``"int8"``: x quantized per row by
+    :func:`quantize_activations` (eps 1e-5) to ``q`` with scale ``a``, then
+    ``y = ((q @ codes.T) * scales) * (1 / a)`` in float64 (the integer sums are exact: every
+    partial sum is an integer below 2^53), rounded once to x's dtype."""
     t = x.dtype
-    return (x @ codes.astype(t).T) * scales.astype(t)
+    if activations == "float":
+        return (x @ codes.astype(t).T) * scales.astype(t)
+    q, a = quantize_activations(x)
+    dots = q.astype(np.float64) @ codes.astype(np.float64).T
+    return (dots * scales.astype(np.float64) * (1.0 / a.astype(np.float64))).astype(t)

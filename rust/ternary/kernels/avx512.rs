@@ -230,6 +230,12 @@ unsafe fn load_acts(panel: &[i8], planes: usize, b: usize, p: usize) -> __m512i 
 /// back (without segments, K >= 2^23 could wrap).
 const SEGMENT_BLOCKS: usize = 4096;
 
+/// Tiles ahead whose blocks the GEMV tile prefetches. The rows of a chunk are consecutive,
+/// so block b of row c + 2 [`TILE_COLS`] lies 2 [`TILE_COLS`] row lengths past block b of
+/// row c. Streaming from DRAM, the hardware prefetchers alone leave the GEMV about 1.5x
+/// slower (measured at the BitNet-2B shapes, 30 layers of weights back to back).
+const PREFETCH_TILES: usize = 2;
+
 /// One activation row against [`TILE_COLS`] weight rows, with [`Planes::ACCUMULATORS`]
 /// accumulators per weight row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
@@ -239,12 +245,18 @@ unsafe fn gemv_dots<F: Planes, const R: usize>(tile: &Tile<'_, R>) -> Dots<R> {
     let panel = tile.panels[0];
     let mut total = [_mm512_setzero_si512(); TILE_COLS];
     let blocks = layout.blocks();
+    let prefetch = PREFETCH_TILES * TILE_COLS * layout.row_bytes();
     let mut start = 0;
     while start < blocks {
         let end = (start + SEGMENT_BLOCKS).min(blocks);
         let mut acc = [[_mm512_setzero_si512(); 4]; TILE_COLS];
         for b in start..end {
             let width = layout.block_width(b);
+            for weights in &tile.weights {
+                // A hint only: it never faults, even past the end of the weights.
+                let ahead = weights.as_ptr().wrapping_add(block_offset(b) + prefetch);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
             for (c, weights) in tile.weights.iter().enumerate() {
                 let planes = F::scaled(load_block(weights, b, width));
                 for (p, plane) in planes.iter().take(F::PLANES).enumerate() {

@@ -73,6 +73,12 @@ impl KernelPath {
     }
 }
 
+/// Whether this CPU runs [`KernelPath::Avx512Vnni`] (AVX-512 F, BW, VNNI and VBMI).
+#[cfg(target_arch = "x86_64")]
+pub fn avx512_vnni_supported() -> bool {
+    avx512::supported()
+}
+
 /// One tile's operands. `weights` are packed rows of `layout.row_bytes()` bytes, `panels`
 /// activation rows of `layout.panel_len()` bytes.
 pub struct Tile<'a, const R: usize> {
