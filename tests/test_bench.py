@@ -191,9 +191,76 @@ def test_runner_skips_points_over_the_time_and_memory_limits():
 
 def test_runner_repeats_long_calls_fewer_times(monkeypatch):
     monkeypatch.setattr(sweeps, "LONG_CALL_SECONDS", 0.0)  # every predicted call is "long"
+    monkeypatch.setattr(sweeps, "ROUND_CALLS", 1)
     runner = sweeps.SweepRunner([_fake_kernel()], [8, 16], 5, GENEROUS, lambda m, s: None)
     fast, _ = runner.run()
     assert [len(p["samples"]) for p in fast.points] == [5, 3]
+    assert fast.rounds == 5
+
+
+def _recording(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        sweeps, "resolve", lambda module, name: lambda x, y: calls.append((module, x))
+    )
+    monkeypatch.setattr(sweeps, "settle_after_numpy", lambda: None)
+    return calls
+
+
+def test_runner_interleaves_rounds_over_the_lengths(monkeypatch):
+    calls = _recording(monkeypatch)
+    monkeypatch.setattr(sweeps, "ROUND_CALLS", 1)
+    sampling = sweeps.Sampling(rounds=3, max_rounds=3, series_seconds=0.0)
+    kernel = _fake_kernel(fast=("fast", "f"), reference=("slow", "f"))
+    fast, ref = sweeps.SweepRunner(
+        [kernel], [8, 16, 32], sampling, GENEROUS, lambda m, s: None
+    ).run()
+    # Per implementation: the first pass (timed warm-up calls at each length, ending with
+    # L=32), then three rounds taking one sample of every length in turn, in increasing and
+    # decreasing order by turns.
+    for module in ("fast", "slow"):
+        mine = [x for m, x in calls if m == module]
+        assert mine[-10:] == [32.0, 8.0, 16.0, 32.0, 32.0, 16.0, 8.0, 8.0, 16.0, 32.0]
+    assert fast.rounds == ref.rounds == 3
+    assert all(len(p["samples"]) == 3 for p in fast.points + ref.points)
+
+
+def test_runner_adds_rounds_while_the_series_is_under_its_time_budget(monkeypatch):
+    _recording(monkeypatch)
+    monkeypatch.setattr(sweeps, "ROUND_CALLS", 2)
+    generous = sweeps.Sampling(rounds=2, max_rounds=6, series_seconds=60.0)
+    (fast, _), _, _ = _run_with(_fake_kernel(), generous)
+    assert fast.rounds == 6 and [len(p["samples"]) for p in fast.points] == [12, 12, 12]
+    tight = sweeps.Sampling(rounds=2, max_rounds=6, series_seconds=0.0)
+    (fast, _), _, _ = _run_with(_fake_kernel(), tight)
+    assert fast.rounds == 2
+
+
+def _run_with(kernel, sampling, lengths=(8, 16, 32)):
+    runner = sweeps.SweepRunner([kernel], list(lengths), sampling, GENEROUS, lambda m, s: None)
+    return runner.run(), None, runner.steps
+
+
+def test_fit_lengths_start_where_asked_or_take_the_three_longest():
+    lengths = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    assert sweeps.fit_lengths(lengths, 4096) == [4096, 8192, 16384]
+    assert sweeps.fit_lengths(lengths, 1024) == [1024, 2048, 4096, 8192, 16384]
+    assert sweeps.fit_lengths(lengths[:5], 4096) == [512, 1024, 2048]
+    assert sweeps.fit_lengths([8, 16], 4096) == [8, 16]
+
+
+def test_series_slope_is_fitted_from_its_fit_from():
+    # Linear with a 4x step between 2048 and 4096 (the page faults of a large output): fitted
+    # from 4096 the slope is the growth, 1; across the step it would not be.
+    points = [(n, 1e-6 * n * (4 if n >= 4096 else 1)) for n in [512, 1024, 2048, 4096, 8192, 16384]]
+    series = sweeps.Series("k", "seqkern", "m", "s", fit_from=4096)
+    series.points = [{"length": n, "seconds": t, "samples": [t, 1.1 * t]} for n, t in points]
+    record = series.to_json()
+    assert record["slope_lengths"] == [4096, 8192, 16384] and record["fit_from"] == 4096
+    assert record["slope"] == pytest.approx(1.0)
+    assert record["slope_low"] <= record["slope"] <= record["slope_high"]
+    series.fit_from = 1024
+    assert series.to_json()["slope"] > 1.3
 
 
 def test_runner_records_a_failing_kernel_and_goes_on(monkeypatch):
@@ -328,7 +395,9 @@ def test_bad_arguments_exit_with_a_message(capsys):
 def test_settings_of_quick_and_full_runs():
     quick = report.Settings.from_args(report.build_parser().parse_args(["--quick"]))
     full = report.Settings.from_args(report.build_parser().parse_args([]))
-    assert quick.lengths == LENGTHS and quick.repeats == 3 and quick.max_call_seconds == 1.0
+    assert quick.lengths == [*LENGTHS, 8192, 16384] and quick.max_call_seconds == 1.0
+    assert quick.repeats == 3 and quick.sampling.rounds == 3 and quick.sampling.max_rounds > 3
+    assert full.sampling.rounds == 5
     assert full.lengths[0] == 128 and full.lengths[-1] == 32768 and full.repeats == 5
     assert quick.ternary_formats == ["i2"] and full.ternary_formats == ["i2", "t1"]
 

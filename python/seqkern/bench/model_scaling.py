@@ -140,6 +140,11 @@ class Plan:
     prompts: list[int]
     decode_samples: int
     prefill_repeats: int
+    """Samples per prompt length at least ..."""
+    prefill_max_repeats: int
+    """... and at most, taking more while the prefill rounds have taken under ..."""
+    prefill_seconds: float
+    """... this long (per model)."""
     direct_tokens: int
     decode_fit_from: int
     prefill_fit_from: int
@@ -153,6 +158,8 @@ class Plan:
             "prompts": self.prompts,
             "decode_samples": self.decode_samples,
             "prefill_repeats": self.prefill_repeats,
+            "prefill_max_repeats": self.prefill_max_repeats,
+            "prefill_seconds": self.prefill_seconds,
             "direct_tokens": self.direct_tokens,
             "decode_fit_from": self.decode_fit_from,
             "prefill_fit_from": self.prefill_fit_from,
@@ -455,14 +462,31 @@ class ModelRunner:
             firsts.append((length, first))
             # A first call this long is a sample; a shorter one was the warm-up.
             samples[length] = [first] if first >= SECONDS_WITHOUT_WARMUP else []
-        for _ in range(plan.prefill_repeats):
-            for length, times in samples.items():
-                if len(times) < plan.prefill_repeats:
-                    times.append(_time_once(model, ids[:, :length]))
+        self._prefill_rounds(model, ids, samples)
         for length, times in samples.items():
             record["prefill"].append({"length": length, "seconds": min(times), "samples": times})
             self._say(arch, f"prefill P={length:<6} {min(times) * 1e3:10.2f} ms")
         return len(plan.prompts)
+
+    def _prefill_rounds(self, model: Any, ids: np.ndarray, samples: dict[int, list[float]]):
+        """Rounds over the prompt lengths, one sample each, until every length has
+        ``prefill_repeats`` samples, then more (up to ``prefill_max_repeats``) while the rounds
+        have taken less than ``prefill_seconds``."""
+        plan = self.plan
+        start = time.perf_counter()
+        last_round = 0.0
+        while samples:
+            fewest = min(len(times) for times in samples.values())
+            if fewest >= plan.prefill_max_repeats:
+                return
+            spent = time.perf_counter() - start
+            if fewest >= plan.prefill_repeats and spent + last_round > plan.prefill_seconds:
+                return
+            begun = time.perf_counter()
+            for length, times in samples.items():
+                if len(times) < plan.prefill_max_repeats:
+                    times.append(_time_once(model, ids[:, :length]))
+            last_round = time.perf_counter() - begun
 
     def _decode(self, arch: Architecture, model: Any, record: dict[str, Any]) -> int:
         """Decode at every context: the caches of all contexts are made first, then each round

@@ -157,12 +157,18 @@ def _prefill_table(archs: list[dict[str, Any]], plan: dict[str, Any]) -> list[st
         rows.append([r["label"], *cells, _slope(r["slopes"]["prefill"])])
     return [
         f"Prefill: milliseconds for a prompt of P tokens from an empty cache, all logits "
-        f"(minimum of {plan['prefill_repeats']}), and in brackets milliseconds per prompt "
+        f"(minimum of {_prefill_samples(plan)}), and in brackets milliseconds per prompt "
         "token (flat means linear).",
         "",
         *table(["model", *(f"P={p}" for p in prompts), "log-log slope"], rows),
         "",
     ]
+
+
+def _prefill_samples(plan: dict[str, Any]) -> str:
+    """How many samples each prefill point has: ``3 samples`` or ``3 to 6 samples``."""
+    least, most = plan["prefill_repeats"], plan["prefill_max_repeats"]
+    return f"{least} samples" if most <= least else f"{least} to {most} samples"
 
 
 def _crossover_lines(crossovers: list[dict[str, Any]], archs: list[dict[str, Any]]) -> list[str]:
@@ -258,9 +264,12 @@ def method(models: dict[str, Any]) -> list[str]:
         "each, so the last sample is at C + "
         f"{plan['decode_samples'] + 1}. The total time to generate N tokens is integrated from "
         "the per-token curve. Slopes: least squares of log t on log L, decode and generation "
-        f"from C = {plan['decode_fit_from']}, prefill from P = {plan['prefill_fit_from']}; "
-        "the interval is the 5th–95th percentile over 200 bootstrap resamplings of each "
-        "point's samples.",
+        f"from C = {plan['decode_fit_from']}, prefill from P = {plan['prefill_fit_from']} (at "
+        "shorter prompts the fixed cost of reading every weight matrix once is a large share "
+        "of a prefill, so its curve has not reached its linear regime); the interval is the "
+        "5th–95th percentile over 200 bootstrap resamplings of each point's samples. Prefill "
+        f"takes {_prefill_samples(plan)} per prompt length (more while the model's prefill "
+        f"rounds have taken under {plan['prefill_seconds']:g} s).",
     ]
 
 

@@ -1,0 +1,133 @@
+"""Every fitted slope of several ``results.json`` side by side, with their spread.
+
+``seqkern-bench --compare A/results.json B/results.json ...`` (or ``python -m
+seqkern.bench.compare ...``) prints a Markdown table: one row per slope (each sweep series,
+and each model's decode, prefill, generation and cache slopes), one column per run, then the
+spread (max - min) and the largest distance from the median. It checks that repeated runs on
+one machine agree; it measures nothing itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+MODEL_SLOPES = ("decode", "prefill", "generation", "cache")
+
+
+def slopes(results: dict[str, Any]) -> dict[str, Optional[float]]:
+    """``{name: slope}`` for every slope of one results document, in report order."""
+    found: dict[str, Optional[float]] = {}
+    for s in results.get("sweeps", []):
+        if s["status"] == "ok" or s["points"]:
+            span = _span(s.get("slope_lengths", []))
+            found[f"sweep {s['kernel']} ({s['impl']}){span}"] = s["slope"]
+    for r in results.get("models", {}).get("architectures", []):
+        for key in MODEL_SLOPES:
+            slope = r["slopes"][key]
+            found[f"model {r['name']} {key}{_span(slope['lengths'])}"] = slope["slope"]
+    return found
+
+
+def _span(lengths: list[int]) -> str:
+    return f" {lengths[0]}–{lengths[-1]}" if lengths else ""
+
+
+def _key(name: str) -> str:
+    """The name without its fitted range, so that rows match across runs."""
+    head, _, tail = name.rpartition(" ")
+    return head if "–" in tail else name
+
+
+def compare(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per slope: ``name`` (with the ranges seen), ``values`` (None where a run has
+    no such slope), ``spread`` (max - min) and ``from_median`` (largest |value - median|)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for i, document in enumerate(documents):
+        for name, value in slopes(document).items():
+            row = rows.setdefault(_key(name), {"names": [], "values": [None] * len(documents)})
+            row["values"][i] = value
+            if name not in row["names"]:
+                row["names"].append(name)
+    table = []
+    for key, row in rows.items():
+        present = [v for v in row["values"] if v is not None]
+        spread = max(present) - min(present) if present else None
+        middle = statistics.median(present) if present else None
+        far = max(abs(v - middle) for v in present) if present else None
+        ranges = sorted({n[len(key) :].strip() for n in row["names"]} - {""})
+        name = key + (f" ({', '.join(ranges)})" if ranges else "")
+        table.append({"name": name, "values": row["values"], "spread": spread, "from_median": far})
+    return table
+
+
+def markdown(paths: list[str], documents: list[dict[str, Any]], limit: float = 0.15) -> str:
+    """The comparison as a Markdown table, and a closing line on the largest spread."""
+    rows = compare(documents)
+    head = ["slope (fitted range)", *(f"run {i + 1}" for i in range(len(paths))), "max − min",
+            "max \\|x − median\\|"]  # fmt: skip
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for row in rows:
+        cells = [_fmt(v) for v in row["values"]]
+        flag = " ⚠" if row["from_median"] is not None and row["from_median"] > limit else ""
+        lines.append(
+            f"| {row['name']} | " + " | ".join(cells)
+            + f" | {_fmt(row['spread'])} | {_fmt(row['from_median'])}{flag} |"
+        )  # fmt: skip
+    spreads = [r for r in rows if r["spread"] is not None]
+    lines.append("")
+    for i, (path, document) in enumerate(zip(paths, documents)):
+        machine = document.get("machine", {})
+        load_text = "".join(
+            f", load {when} " + " ".join(f"{x:.2f}" for x in machine[key])
+            for when, key in (
+                ("at start", "load_average_at_start"),
+                ("at end", "load_average_at_end"),
+            )
+            if machine.get(key)
+        )
+        lines.append(
+            f"run {i + 1}: {path} ({document.get('created', '?')}, "
+            f"{document.get('elapsed_seconds', 0):.0f} s{load_text})"
+        )
+    if spreads:
+        worst = max(spreads, key=lambda r: r["from_median"])
+        widest = max(spreads, key=lambda r: r["spread"])
+        over = [r for r in spreads if r["from_median"] > limit]
+        lines += [
+            "",
+            f"Largest max − min: {widest['spread']:.3f} ({widest['name']}); largest distance "
+            f"from the median: {worst['from_median']:.3f} ({worst['name']}); "
+            f"{len(over)} of {len(spreads)} slopes more than ±{limit:g} from their median.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def main(argv: Optional[list[str]] = None, stream: TextIO = sys.stdout) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seqkern-bench --compare", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("results", nargs="+", help="results.json files (or their directories)")
+    parser.add_argument(
+        "--limit", type=float, default=0.15, help="flag slopes further than this from their median"
+    )
+    args = parser.parse_args(argv)
+    paths = [str(Path(p) / "results.json") if Path(p).is_dir() else p for p in args.results]
+    documents = [json.loads(Path(p).read_text()) for p in paths]
+    stream.write(markdown(paths, documents, args.limit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
