@@ -293,6 +293,28 @@ def test_sweep_inputs_have_the_stated_model_shapes(kernel):
     assert any(16 in a.shape for a in arrays)
 
 
+@pytest.mark.parametrize("kernel", sweeps.KERNELS, ids=lambda k: k.name)
+def test_long_inputs_repeat_a_random_block_along_the_sequence(kernel, monkeypatch):
+    monkeypatch.setattr(sweeps, "INPUT_BLOCK", 24)
+    for length in (16, 48, 60):
+        tiled = sweeps.tiled_inputs(kernel, np.random.default_rng(0), length)
+        drawn = kernel.inputs(np.random.default_rng(0), length)
+        flat = [*tiled[0], *tiled[1].values()]
+        for a, b in zip(flat, [*drawn[0], *drawn[1].values()]):
+            if isinstance(a, np.ndarray):
+                assert a.shape == b.shape and a.dtype == b.dtype and a.flags.c_contiguous
+    # The sequence axis repeats the block; the other axes are as drawn.
+    (tiled, _), (block, _) = (
+        sweeps.tiled_inputs(kernel, np.random.default_rng(0), 60),
+        kernel.inputs(np.random.default_rng(0), 24),
+    )
+    first = next(a for a in tiled if isinstance(a, np.ndarray) and 60 in a.shape)
+    axis = first.shape.index(60)
+    source = next(a for a in block if isinstance(a, np.ndarray) and 24 in a.shape)
+    assert np.array_equal(np.take(first, range(24, 48), axis), source)
+    assert np.array_equal(np.take(first, range(48, 60), axis), np.take(source, range(12), axis))
+
+
 # --- the whole command
 
 
@@ -501,3 +523,40 @@ def test_families_from_other_branches_light_up_when_present(tmp_path, monkeypatc
     text = (out / "report.md").read_text()
     assert "not available in this build" not in text
     assert "| 64 → 48 | 5 | t1 | 1.60 |" in text
+
+
+# --- comparing runs
+
+
+def test_compare_tabulates_every_slope_with_its_spread(tmp_path):
+    from seqkern.bench import compare
+
+    def document(attention, decode, ranges=(1024, 4096)):
+        series = {"kernel": "causal_attention", "impl": "seqkern", "status": "ok", "points": []}
+        series.update(slope=attention, slope_lengths=list(ranges))
+        none = {"slope": None, "low": None, "high": None, "lengths": []}
+        slopes = dict.fromkeys(("prefill", "generation", "cache"), none)
+        slopes["decode"] = {"slope": decode, "low": None, "high": None, "lengths": [512, 4096]}
+        model = {"name": "mamba", "slopes": slopes}
+        return {"sweeps": [series], "models": {"architectures": [model]}, "elapsed_seconds": 1}
+
+    runs = [document(1.9, 0.0), document(2.0, 0.1, (1024, 8192)), document(2.4, 0.05)]
+    paths = []
+    for i, doc in enumerate(runs):
+        path = tmp_path / f"r{i}"
+        path.mkdir()
+        (path / "results.json").write_text(json.dumps(doc))
+        paths.append(str(path))
+    rows = {r["name"]: r for r in compare.compare(runs)}
+    attention = rows["sweep causal_attention (seqkern)"]
+    assert attention["values"] == [1.9, 2.0, 2.4]
+    assert attention["spread"] == pytest.approx(0.5)
+    assert attention["from_median"] == pytest.approx(0.4)
+    assert attention["ranges"] == ["1024–4096", "1024–8192"]
+    assert rows["model mamba decode"]["spread"] == pytest.approx(0.1)
+    assert rows["model mamba prefill"]["values"] == [None] * 3
+    stream = io.StringIO()
+    assert report.main(["--compare", *paths], stream=stream) == 0
+    text = stream.getvalue()
+    assert "| sweep causal_attention (seqkern) | 1024–4096, 1024–8192 | 1.900 |" in text
+    assert "0.400 ⚠" in text and "1 of 2 slopes more than ±0.15 from their median" in text

@@ -19,66 +19,60 @@ from typing import Any, Optional, TextIO
 MODEL_SLOPES = ("decode", "prefill", "generation", "cache")
 
 
-def slopes(results: dict[str, Any]) -> dict[str, Optional[float]]:
-    """``{name: slope}`` for every slope of one results document, in report order."""
-    found: dict[str, Optional[float]] = {}
+def slopes(results: dict[str, Any]) -> dict[str, tuple[Optional[float], str]]:
+    """``{name: (slope, fitted range)}`` for every slope of one results document, in report
+    order."""
+    found: dict[str, tuple[Optional[float], str]] = {}
     for s in results.get("sweeps", []):
-        if s["status"] == "ok" or s["points"]:
-            span = _span(s.get("slope_lengths", []))
-            found[f"sweep {s['kernel']} ({s['impl']}){span}"] = s["slope"]
+        if s["status"] != "unavailable":
+            name = f"sweep {s['kernel']} ({s['impl']})"
+            found[name] = (s["slope"], _span(s.get("slope_lengths", [])))
     for r in results.get("models", {}).get("architectures", []):
         for key in MODEL_SLOPES:
             slope = r["slopes"][key]
-            found[f"model {r['name']} {key}{_span(slope['lengths'])}"] = slope["slope"]
+            found[f"model {r['name']} {key}"] = (slope["slope"], _span(slope["lengths"]))
     return found
 
 
 def _span(lengths: list[int]) -> str:
-    return f" {lengths[0]}–{lengths[-1]}" if lengths else ""
-
-
-def _key(name: str) -> str:
-    """The name without its fitted range, so that rows match across runs."""
-    head, _, tail = name.rpartition(" ")
-    return head if "–" in tail else name
+    return f"{lengths[0]}–{lengths[-1]}" if lengths else ""
 
 
 def compare(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per slope: ``name`` (with the ranges seen), ``values`` (None where a run has
-    no such slope), ``spread`` (max - min) and ``from_median`` (largest |value - median|)."""
+    """One row per slope: ``name``, ``ranges`` (the fitted ranges seen), ``values`` (None
+    where a run has no such slope), ``spread`` (max - min) and ``from_median`` (the largest
+    |value - median|)."""
     rows: dict[str, dict[str, Any]] = {}
     for i, document in enumerate(documents):
-        for name, value in slopes(document).items():
-            row = rows.setdefault(_key(name), {"names": [], "values": [None] * len(documents)})
+        for name, (value, span) in slopes(document).items():
+            row = rows.setdefault(
+                name, {"name": name, "ranges": [], "values": [None] * len(documents)}
+            )
             row["values"][i] = value
-            if name not in row["names"]:
-                row["names"].append(name)
-    table = []
-    for key, row in rows.items():
+            if span and span not in row["ranges"]:
+                row["ranges"].append(span)
+    for row in rows.values():
         present = [v for v in row["values"] if v is not None]
-        spread = max(present) - min(present) if present else None
+        row["spread"] = max(present) - min(present) if present else None
         middle = statistics.median(present) if present else None
-        far = max(abs(v - middle) for v in present) if present else None
-        ranges = sorted({n[len(key) :].strip() for n in row["names"]} - {""})
-        name = key + (f" ({', '.join(ranges)})" if ranges else "")
-        table.append({"name": name, "values": row["values"], "spread": spread, "from_median": far})
-    return table
+        row["from_median"] = max(abs(v - middle) for v in present) if present else None
+    return list(rows.values())
 
 
 def markdown(paths: list[str], documents: list[dict[str, Any]], limit: float = 0.15) -> str:
     """The comparison as a Markdown table, and a closing line on the largest spread."""
     rows = compare(documents)
-    head = ["slope (fitted range)", *(f"run {i + 1}" for i in range(len(paths))), "max − min",
-            "max \\|x − median\\|"]  # fmt: skip
+    head = ["slope", "fitted over", *(f"run {i + 1}" for i in range(len(paths))),
+            "max − min", "max \\|x − median\\|"]  # fmt: skip
     lines = [
         "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|",
     ]
     for row in rows:
         cells = [_fmt(v) for v in row["values"]]
         flag = " ⚠" if row["from_median"] is not None and row["from_median"] > limit else ""
         lines.append(
-            f"| {row['name']} | " + " | ".join(cells)
+            f"| {row['name']} | {', '.join(row['ranges']) or '—'} | " + " | ".join(cells)
             + f" | {_fmt(row['spread'])} | {_fmt(row['from_median'])}{flag} |"
         )  # fmt: skip
     spreads = [r for r in rows if r["spread"] is not None]

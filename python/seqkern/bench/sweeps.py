@@ -32,6 +32,9 @@ ROUND_CALL_SECONDS = 0.02
 ROUND_CALLS = 10
 """... but at most this many times (each call is a sample)."""
 BOOTSTRAP_ROUNDS = 200
+INPUT_BLOCK = 1024
+"""Inputs longer than this repeat a random block of this many positions (see
+:func:`tiled_inputs`)."""
 RECURRENCE_FIT_FROM = 4096
 """Where the recurrences' slopes are fitted from. From L = 4096 on, each of them reads and
 writes more than the 32 MiB L3 cache of the reference machine, and its output (32 MiB or more)
@@ -378,7 +381,7 @@ class SweepRunner:
             """The inputs at ``length``, made once and shared by both implementations."""
             if length not in inputs:
                 rng = np.random.default_rng([self.seed, length])
-                inputs[length] = kernel.inputs(rng, length)
+                inputs[length] = tiled_inputs(kernel, rng, length)
             return inputs[length]
 
         for impl, fn in functions.items():
@@ -536,6 +539,33 @@ def _first_pass(
     except Exception as exc:  # noqa: BLE001 - a failing kernel is reported, not fatal
         raise _Failed(length, exc) from exc
     return min(times), []
+
+
+def tiled_inputs(kernel: SweepKernel, rng: np.random.Generator, length: int) -> Args:
+    """``kernel.inputs(rng, length)``, but past :data:`INPUT_BLOCK` positions a random block of
+    that many is repeated along the sequence axis (the one axis of that size) instead of
+    drawing every value: drawing (and shaping) hundreds of MiB of inputs took longer than
+    timing the kernels on them, and none of the kernels' costs depends on the values."""
+    if length <= INPUT_BLOCK:
+        return kernel.inputs(rng, length)
+    positional, keywords = kernel.inputs(rng, INPUT_BLOCK)
+    copies = -(-length // INPUT_BLOCK)
+
+    def grow(a: Any) -> Any:
+        if not isinstance(a, np.ndarray):
+            return a
+        axes = [i for i, n in enumerate(a.shape) if n == INPUT_BLOCK]
+        if len(axes) > 1:
+            raise ValueError(f"{kernel.name}: an input of shape {a.shape} has two sequence axes")
+        if not axes:
+            return a
+        reps = [1] * a.ndim
+        reps[axes[0]] = copies
+        grown = np.tile(a, reps)
+        cut = (slice(None),) * axes[0] + (slice(0, length),)
+        return np.ascontiguousarray(grown[cut])
+
+    return tuple(grow(a) for a in positional), {k: grow(v) for k, v in keywords.items()}
 
 
 def fit_lengths(lengths: Sequence[int], fit_from: int, least: int = 3) -> list[int]:
