@@ -43,6 +43,8 @@ BOOTSTRAP_ROUNDS = 200
 DIRECT_REPEATS = 3
 SECONDS_WITHOUT_WARMUP = 0.5
 """A prompt's first call counts as a sample when it took this long (else it was a warm-up)."""
+STILL_IMPROVING = 0.05
+"""A prefill round that lowers a minimum by more than this share is followed by another."""
 
 
 @dataclass(frozen=True)
@@ -470,22 +472,29 @@ class ModelRunner:
 
     def _prefill_rounds(self, model: Any, ids: np.ndarray, samples: dict[int, list[float]]):
         """Rounds over the prompt lengths, one sample each, until every length has
-        ``prefill_repeats`` samples, then more (up to ``prefill_max_repeats``) while the rounds
-        have taken less than ``prefill_seconds``."""
+        ``prefill_repeats`` samples; then more, up to ``prefill_max_repeats``, while the rounds
+        have taken less than ``prefill_seconds``, or less than twice that while the last round
+        still lowered some length's minimum by more than :data:`STILL_IMPROVING` (a burst of
+        load on a shared machine slows calls this long several times over, and lasts seconds:
+        the minimum has not settled while it is still falling)."""
         plan = self.plan
         start = time.perf_counter()
-        last_round = 0.0
+        last_round, improving = 0.0, True
         while samples:
             fewest = min(len(times) for times in samples.values())
             if fewest >= plan.prefill_max_repeats:
                 return
-            spent = time.perf_counter() - start
-            if fewest >= plan.prefill_repeats and spent + last_round > plan.prefill_seconds:
-                return
+            if fewest >= plan.prefill_repeats:
+                after = time.perf_counter() - start + last_round
+                if after > (2 if improving else 1) * plan.prefill_seconds:
+                    return
             begun = time.perf_counter()
+            improving = False
             for length, times in samples.items():
                 if len(times) < plan.prefill_max_repeats:
+                    before = min(times, default=float("inf"))
                     times.append(_time_once(model, ids[:, :length]))
+                    improving |= times[-1] < (1 - STILL_IMPROVING) * before
             last_round = time.perf_counter() - begun
 
     def _decode(self, arch: Architecture, model: Any, record: dict[str, Any]) -> int:

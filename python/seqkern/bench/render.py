@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from .analysis import Crossover
 from .machine import blas_summary
-from .sweeps import ATTENTION_FIT_FROM, RECURRENCE_FIT_FROM
+from .sweeps import ATTENTION_FIT_FROM, INPUT_BLOCK, RECURRENCE_FIT_FROM
 
 SCALING_PNG = "scaling.png"
 SPEEDUP_PNG = "speedup.png"
@@ -305,7 +305,8 @@ def _sweep_method(settings: dict[str, Any]) -> list[str]:
     m = settings["sampling"]
     more = (
         f", more (up to {m['max_rounds']}) while the series has spent under "
-        f"{m['series_seconds']:g} s"
+        f"{m['series_seconds']:g} s, or under {2 * m['series_seconds']:g} s while the last round "
+        "still lowered a minimum by over 5 % (it has not settled)"
         if m["max_rounds"] > m["rounds"]
         else ""
     )
@@ -320,7 +321,8 @@ def _sweep_method(settings: dict[str, Any]) -> list[str]:
         "work is deterministic, so noise only adds). The slope's interval is the 5th–95th "
         "percentile over 200 bootstrap resamplings of each fitted point's samples; the "
         "fixed-shape and ternary timings are medians of rounds that repeat fast calls for at "
-        "least 50 ms.",
+        f"least 50 ms. Inputs longer than {INPUT_BLOCK} positions repeat a random block of "
+        f"{INPUT_BLOCK} along the sequence (no kernel's cost depends on the values).",
         f"- Fitting ranges: the recurrences from L = {RECURRENCE_FIT_FROM:,}. Their time "
         "steps up by 3–4× in one doubling where their output reaches 32 MiB (L = 2048 or "
         "4096 at these shapes): glibc malloc serves blocks that large with a fresh mmap, so "

@@ -265,7 +265,7 @@ def _model_plan(args: argparse.Namespace) -> model_scaling.Plan:
         prompts=prompts,
         decode_samples=10 if quick else 16,
         prefill_repeats=repeats,
-        prefill_max_repeats=repeats if args.repeats else (6 if quick else 9),
+        prefill_max_repeats=repeats if args.repeats else (8 if quick else 9),
         prefill_seconds=8.0 if quick else 60.0,
         direct_tokens=min(16 if quick else 64, contexts[-1]),
         decode_fit_from=contexts[len(contexts) // 2 - 1] if quick else _half(contexts),

@@ -31,6 +31,7 @@ ROUND_CALL_SECONDS = 0.02
 """In every round, a point's calls are repeated back to back until they fill this long ..."""
 ROUND_CALLS = 10
 """... but at most this many times (each call is a sample)."""
+STILL_IMPROVING = 0.05
 BOOTSTRAP_ROUNDS = 200
 INPUT_BLOCK = 1024
 """Inputs longer than this repeat a random block of this many positions (see
@@ -442,21 +443,27 @@ class SweepRunner:
     ) -> int:
         """Rounds over the admitted lengths, in increasing and decreasing order by turns, each
         taking one batch of samples of every length that has fewer rounds than its cap (a
-        first call long enough to be a sample counts as its first round); returns how many."""
+        first call long enough to be a sample counts as its first round): ``rounds`` at
+        least, then more while the series has spent under ``series_seconds``, or under twice
+        that while the last round still lowered some point's minimum by more than
+        :data:`STILL_IMPROVING` (it has not settled yet); returns how many."""
         start = time.perf_counter()
         taken = {n: 1 if times else 0 for n, times in samples.items()}
-        done = 0
+        done, improving = 0, True
         while done < self.sampling.max_rounds:
             due = [n for n in samples if taken[n] < min(caps[n], self.sampling.max_rounds)]
             if not due:
                 break
-            least = min(taken.values())
             estimate = sum(fastest[n] * _calls(fastest[n]) for n in due)
-            spent = time.perf_counter() - start
-            if least >= self.sampling.rounds and spent + estimate > self.sampling.series_seconds:
+            after = time.perf_counter() - start + estimate
+            budget = (2 if improving else 1) * self.sampling.series_seconds
+            if min(taken.values()) >= self.sampling.rounds and after > budget:
                 break
+            improving = False
             for n in due if done % 2 == 0 else reversed(due):
+                before = min(samples[n], default=float("inf"))
                 samples[n].extend(_round(call_at(n), fastest[n], n))
+                improving |= min(samples[n]) < (1 - STILL_IMPROVING) * before
                 fastest[n] = min(fastest[n], *samples[n])
                 taken[n] += 1
             done += 1
