@@ -171,7 +171,8 @@ class Plan:
 
 
 def steps(plan: Plan, names: Sequence[str]) -> int:
-    """Progress steps: per model, one build, one per prompt and context, one direct run."""
+    """Progress steps: per model, one build, one per prompt and context, one direct run (as
+    :attr:`ModelRunner.per_model`)."""
     return len(names) * (2 + len(plan.prompts) + len(plan.contexts))
 
 
@@ -397,8 +398,22 @@ def empty_record(arch: Architecture, tiny: bool) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Built:
+    """One architecture in a run: its record, its model (None if not built), and how many of
+    its progress steps have been reported."""
+
+    arch: Architecture
+    record: dict[str, Any]
+    model: Any = None
+    done: int = 0
+    ids: Any = None
+    samples: dict[int, list[float]] = field(default_factory=dict)
+
+
 class ModelRunner:
-    """Measures the architectures one after the other, reporting to ``progress(msg, steps)``."""
+    """Measures the architectures, reporting to ``progress(msg, steps)``: builds them all,
+    prefills them all in interleaved rounds, then decodes each in turn."""
 
     def __init__(self, plan: Plan, names: Sequence[str], progress: Callable, seed: int = 0):
         self.plan = plan
@@ -406,96 +421,137 @@ class ModelRunner:
         self.progress = progress
         self.seed = seed
 
+    @property
+    def per_model(self) -> int:
+        """Progress steps per model: build, one per prompt and context, the direct run."""
+        return 2 + len(self.plan.prompts) + len(self.plan.contexts)
+
     def run(self) -> list[dict[str, Any]]:
-        return [self._run(arch) for arch in self.archs]
+        built = [self._build(arch) for arch in self.archs]
+        live = [b for b in built if b.model is not None]
+        self._prefill(live)
+        for b in live:
+            if b.record["status"] == "ok":
+                try:
+                    b.done += self._decode(b.arch, b.model, b.record)
+                    self._direct(b.arch, b.model, b.record)
+                    b.done += 1
+                except Exception as exc:  # noqa: BLE001 - a failing model is reported
+                    self._fail(b, exc)
+            self._summarise(b.record)
+            b.model = None  # free its weights before the next model decodes
+        return [b.record for b in built]
 
     def _say(self, arch: Architecture, message: str, steps: int = 1) -> None:
         self.progress(f"model    {arch.name:<12} {message}", steps)
 
-    def _run(self, arch: Architecture) -> dict[str, Any]:
-        record = empty_record(arch, self.plan.tiny)
-        per_model = 2 + len(self.plan.prompts) + len(self.plan.contexts)
+    def _fail(self, b: _Built, exc: Exception) -> None:
+        b.record.update(status="error", note=f"{type(exc).__name__}: {exc}")
+        self._say(b.arch, f"failed: {b.record['note']}", self.per_model - b.done)
+        b.done = self.per_model
+
+    def _build(self, arch: Architecture) -> _Built:
+        b = _Built(arch, empty_record(arch, self.plan.tiny))
         start = time.perf_counter()
         try:
-            model = build(arch, self.plan.tiny, self.seed)
+            b.model = build(arch, self.plan.tiny, self.seed)
         except Unavailable as exc:
-            record.update(status="unavailable", note=str(exc))
-            self._say(arch, f"skipped: {exc}", per_model)
-            return record
+            b.record.update(status="unavailable", note=str(exc))
+            self._say(arch, f"skipped: {exc}", self.per_model)
+            return b
         except Exception as exc:  # noqa: BLE001 - a model that fails to build is reported
-            record.update(status="error", note=f"build: {type(exc).__name__}: {exc}")
-            self._say(arch, f"failed: {record['note']}", per_model)
-            return record
-        record["parameters"] = int(model.num_parameters)
-        record["build_seconds"] = time.perf_counter() - start
-        self._say(arch, f"built, {model.num_parameters / 1e6:.1f}M parameters")
-        done = 1
-        try:
-            done += self._prefill(arch, model, record)
-            done += self._decode(arch, model, record)
-            self._direct(arch, model, record)
-            done += 1
-        except Exception as exc:  # noqa: BLE001 - a failing model is reported, not fatal
-            record.update(status="error", note=f"{type(exc).__name__}: {exc}")
-            self._say(arch, f"failed: {record['note']}", per_model - done)
-        self._summarise(record)
-        return record
+            b.record.update(status="error", note=f"build: {type(exc).__name__}: {exc}")
+            self._say(arch, f"failed: {b.record['note']}", self.per_model)
+            return b
+        b.record["parameters"] = int(b.model.num_parameters)
+        b.record["build_seconds"] = time.perf_counter() - start
+        self._say(arch, f"built, {b.model.num_parameters / 1e6:.1f}M parameters")
+        b.done = 1
+        return b
 
     def _ids(self, model: Any, length: int) -> np.ndarray:
         rng = np.random.default_rng(self.seed + 1)
         return rng.integers(0, model.vocab_size, (1, length))
 
-    def _prefill(self, arch: Architecture, model: Any, record: dict[str, Any]) -> int:
-        """Prefill at every prompt length: a first pass in increasing length (which admits the
-        lengths under the time limit and warms up), then rounds over all admitted lengths, so
-        that a burst of load on a shared machine touches every length alike."""
-        plan = self.plan
-        ids = self._ids(model, max(plan.prompts))
-        samples: dict[int, list[float]] = {}
+    def _prefill(self, live: list[_Built]) -> None:
+        """Prefill at every prompt length of every model: a first pass per model in increasing
+        length (which admits the lengths under the time limit and warms up), then rounds over
+        all models and admitted lengths, so that a burst of load on a shared machine, which
+        lasts seconds, touches every model and length alike."""
+        for b in live:
+            try:
+                self._prefill_first(b)
+            except Exception as exc:  # noqa: BLE001 - a failing model is reported
+                self._fail(b, exc)
+        measuring = [b for b in live if b.record["status"] == "ok"]
+        self._prefill_rounds(measuring)
+        for b in measuring:
+            if b.record["status"] != "ok":
+                continue
+            for length, times in b.samples.items():
+                point = {"length": length, "seconds": min(times), "samples": times}
+                b.record["prefill"].append(point)
+                self._say(b.arch, f"prefill P={length:<6} {min(times) * 1e3:10.2f} ms")
+            b.done += len(b.samples)
+
+    def _prefill_first(self, b: _Built) -> None:
+        plan, arch, model = self.plan, b.arch, b.model
+        b.ids = self._ids(model, max(plan.prompts))
         firsts: list[tuple[int, float]] = []
         for length in plan.prompts:
             predicted = predict_next(firsts, length, 2.0 if arch.kind == "transformer" else 1.0)
             if predicted is not None and predicted > plan.max_call_seconds:
                 reason = f"predicted {predicted:.1f} s per call > {plan.max_call_seconds:g} s"
-                record["skipped"].append({"what": "prefill", "length": length, "reason": reason})
+                b.record["skipped"].append({"what": "prefill", "length": length, "reason": reason})
                 self._say(arch, f"prefill P={length:<6} skipped: {reason}")
+                b.done += 1
                 continue
-            first = _time_once(model, ids[:, :length])
+            first = _time_once(model, b.ids[:, :length])
             firsts.append((length, first))
             # A first call this long is a sample; a shorter one was the warm-up.
-            samples[length] = [first] if first >= SECONDS_WITHOUT_WARMUP else []
-        self._prefill_rounds(model, ids, samples)
-        for length, times in samples.items():
-            record["prefill"].append({"length": length, "seconds": min(times), "samples": times})
-            self._say(arch, f"prefill P={length:<6} {min(times) * 1e3:10.2f} ms")
-        return len(plan.prompts)
+            b.samples[length] = [first] if first >= SECONDS_WITHOUT_WARMUP else []
 
-    def _prefill_rounds(self, model: Any, ids: np.ndarray, samples: dict[int, list[float]]):
-        """Rounds over the prompt lengths, one sample each, until every length has
+    def _prefill_rounds(self, measuring: list[_Built]) -> None:
+        """Rounds over every model and prompt length, one sample each, until every point has
         ``prefill_repeats`` samples; then more, up to ``prefill_max_repeats``, while the rounds
-        have taken less than ``prefill_seconds``, or less than twice that while the last round
-        still lowered some length's minimum by more than :data:`STILL_IMPROVING` (a burst of
-        load on a shared machine slows calls this long several times over, and lasts seconds:
-        the minimum has not settled while it is still falling)."""
+        have taken less than ``prefill_seconds`` per model, or less than twice that while the
+        last round still lowered some point's minimum by more than :data:`STILL_IMPROVING` (a
+        burst of load on a shared machine slows calls this long several times over, and lasts
+        seconds: the minimum has not settled while it is still falling)."""
         plan = self.plan
         start = time.perf_counter()
         last_round, improving = 0.0, True
-        while samples:
-            fewest = min(len(times) for times in samples.values())
+        while True:
+            going = [b for b in measuring if b.record["status"] == "ok" and b.samples]
+            if not going:
+                return
+            fewest = min(len(t) for b in going for t in b.samples.values())
             if fewest >= plan.prefill_max_repeats:
                 return
             if fewest >= plan.prefill_repeats:
                 after = time.perf_counter() - start + last_round
-                if after > (2 if improving else 1) * plan.prefill_seconds:
+                budget = (2 if improving else 1) * plan.prefill_seconds * len(going)
+                if after > budget:
                     return
             begun = time.perf_counter()
             improving = False
-            for length, times in samples.items():
-                if len(times) < plan.prefill_max_repeats:
-                    before = min(times, default=float("inf"))
-                    times.append(_time_once(model, ids[:, :length]))
-                    improving |= times[-1] < (1 - STILL_IMPROVING) * before
+            for b in going:
+                try:
+                    improving |= self._prefill_round(b)
+                except Exception as exc:  # noqa: BLE001 - a failing model is reported
+                    self._fail(b, exc)
             last_round = time.perf_counter() - begun
+
+    def _prefill_round(self, b: _Built) -> bool:
+        """One sample of each of ``b``'s prompt lengths that has fewer than the most; whether
+        one of them lowered its minimum by more than :data:`STILL_IMPROVING`."""
+        improving = False
+        for length, times in b.samples.items():
+            if len(times) < self.plan.prefill_max_repeats:
+                before = min(times, default=float("inf"))
+                times.append(_time_once(b.model, b.ids[:, :length]))
+                improving |= times[-1] < (1 - STILL_IMPROVING) * before
+        return improving
 
     def _decode(self, arch: Architecture, model: Any, record: dict[str, Any]) -> int:
         """Decode at every context: the caches of all contexts are made first, then each round
