@@ -19,8 +19,9 @@ For each model:
   once by a direct ``generate`` of a few tokens.
 
 Each point is the minimum of its samples (the least disturbed run on a shared machine), the
-samples of all contexts (and of all prompt lengths) taken in interleaved rounds; slopes are
-least-squares fits of log t on log L with a bootstrap interval over the samples.
+samples of all contexts of a model, and of all prompt lengths of all models, taken in
+interleaved rounds; slopes are least-squares fits of log t on log L with a bootstrap interval
+over the samples.
 """
 
 from __future__ import annotations

@@ -254,9 +254,10 @@ def method(models: dict[str, Any]) -> list[str]:
     plan = models["plan"]
     return [
         "- Models: every point is the fastest of its samples (the least disturbed run; the "
-        "work is deterministic, so noise only adds), and the samples of all contexts (all "
-        "prompt lengths) are taken in interleaved rounds, so that a burst of load on a shared "
-        "machine touches every point alike instead of bending the curve at one. Decode at "
+        "work is deterministic, so noise only adds), and the samples of all contexts of a "
+        "model, and of all prompt lengths of all models, are taken in interleaved rounds, so "
+        "that a burst of load on a shared machine touches every point alike instead of "
+        "bending the curve at one. Decode at "
         "context C costs the same whatever the cache holds: a recurrent model decodes from the "
         "state of a 16-token prompt labelled C tokens, the transformer from a KV cache grown "
         "as a prefill grows it and holding C positions of random keys and values (a cache of "
