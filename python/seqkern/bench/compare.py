@@ -95,11 +95,14 @@ def markdown(paths: list[str], documents: list[dict[str, Any]], limit: float = 0
         worst = max(spreads, key=lambda r: r["from_median"])
         widest = max(spreads, key=lambda r: r["spread"])
         over = [r for r in spreads if r["from_median"] > limit]
+        gaps = [r["name"] for r in spreads if None in r["values"]]
+        missing = f" Missing in some runs: {', '.join(gaps)}." if gaps else ""
         lines += [
             "",
             f"Largest max − min: {widest['spread']:.3f} ({widest['name']}); largest distance "
             f"from the median: {worst['from_median']:.3f} ({worst['name']}); "
-            f"{len(over)} of {len(spreads)} slopes more than ±{limit:g} from their median.",
+            f"{len(over)} of {len(spreads)} slopes more than ±{limit:g} from their median."
+            + missing,
         ]
     return "\n".join(lines) + "\n"
 
