@@ -167,6 +167,7 @@ class Plan:
             "decode_fit_from": self.decode_fit_from,
             "prefill_fit_from": self.prefill_fit_from,
             "statistic": "minimum",
+            "prefill_statistic": "median",
             "tiny": self.tiny,
         }
 
@@ -263,8 +264,17 @@ def random_kv_cache(cache: Any, context: int, rng: np.random.Generator) -> Any:
 
 
 def _minimum(samples: Sequence[float]) -> float:
-    """The statistic of every point: the fastest sample."""
+    """The statistic of a decode point: the fastest sample."""
     return float(min(samples))
+
+
+def _median(samples: Sequence[float]) -> float:
+    """The statistic of a prefill point: the median sample. A prefill call of a second or so
+    on a shared machine is rarely undisturbed, so its fastest sample is a matter of luck
+    (the samples at the longest prompts fall in two groups some 30 % apart, and whether one
+    lands in the faster is what moved the slope between runs); the median is the typical
+    call, reproducible while the load is, and equal to the minimum on a quiet machine."""
+    return float(np.median(samples))
 
 
 def _time_once(fn: Callable[..., Any], *args: Any) -> float:
@@ -356,13 +366,18 @@ def overtakes(
 # --- one architecture
 
 
-def _slope_json(samples: dict[int, list[float]], fit_from: int, seed: int) -> dict[str, Any]:
+def _slope_json(
+    samples: dict[int, list[float]],
+    fit_from: int,
+    seed: int,
+    statistic: Callable[[Sequence[float]], float] = _minimum,
+) -> dict[str, Any]:
     used = {n: s for n, s in samples.items() if n >= fit_from}
-    points = [(n, _minimum(s)) for n, s in sorted(used.items())]
+    points = [(n, statistic(s)) for n, s in sorted(used.items())]
     fit = fit_slope(points, longer_half_only=False)
     if fit is None:
         return {"slope": None, "low": None, "high": None, "lengths": []}
-    low, high = bootstrap_slope(used, _minimum, BOOTSTRAP_ROUNDS, seed)
+    low, high = bootstrap_slope(used, statistic, BOOTSTRAP_ROUNDS, seed)
     return {"slope": fit.slope, "low": low, "high": high, "lengths": list(fit.fitted)}
 
 
@@ -490,9 +505,9 @@ class ModelRunner:
             if b.record["status"] != "ok":
                 continue
             for length, times in b.samples.items():
-                point = {"length": length, "seconds": min(times), "samples": times}
+                point = {"length": length, "seconds": _median(times), "samples": times}
                 b.record["prefill"].append(point)
-                self._say(b.arch, f"prefill P={length:<6} {min(times) * 1e3:10.2f} ms")
+                self._say(b.arch, f"prefill P={length:<6} {_median(times) * 1e3:10.2f} ms")
             b.done += len(b.samples)
 
     def _prefill_first(self, b: _Built) -> None:
@@ -623,7 +638,7 @@ class ModelRunner:
         points = [(p["context"], p["seconds"]) for p in record["decode"]]
         slopes = record["slopes"]
         slopes["decode"] = _slope_json(decode, self.plan.decode_fit_from, self.seed)
-        slopes["prefill"] = _slope_json(prefill, self.plan.prefill_fit_from, self.seed)
+        slopes["prefill"] = _slope_json(prefill, self.plan.prefill_fit_from, self.seed, _median)
         slopes["cache"] = _exact_slope([(p["context"], p["cache_bytes"]) for p in record["decode"]])
         if not points:
             return

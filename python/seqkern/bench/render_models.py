@@ -157,7 +157,7 @@ def _prefill_table(archs: list[dict[str, Any]], plan: dict[str, Any]) -> list[st
         rows.append([r["label"], *cells, _slope(r["slopes"]["prefill"])])
     return [
         f"Prefill: milliseconds for a prompt of P tokens from an empty cache, all logits "
-        f"(minimum of {_prefill_samples(plan)}), and in brackets milliseconds per prompt "
+        f"(median of {_prefill_samples(plan)}), and in brackets milliseconds per prompt "
         "token (flat means linear).",
         "",
         *table(["model", *(f"P={p}" for p in prompts), "log-log slope"], rows),
@@ -253,8 +253,11 @@ def method(models: dict[str, Any]) -> list[str]:
     """The models section's lines of the Method list."""
     plan = models["plan"]
     return [
-        "- Models: every point is the fastest of its samples (the least disturbed run; the "
-        "work is deterministic, so noise only adds), and the samples of all contexts of a "
+        "- Models: every decode point is the fastest of its samples (the least disturbed run; "
+        "the work is deterministic, so noise only adds), every prefill point the **median** of "
+        "its samples (a call of a second or so on a shared machine is rarely undisturbed: the "
+        "fastest is luck, the median the typical call, the same on a quiet machine), and the "
+        "samples of all contexts of a "
         "model, and of all prompt lengths of all models, are taken in interleaved rounds, so "
         "that a burst of load on a shared machine touches every point alike instead of "
         "bending the curve at one. Decode at "

@@ -34,7 +34,7 @@ QUICK_SWEEP_LONGEST = 16384
 """The quick sweep goes past QUICK_LONGEST so that the recurrences have three lengths from
 :data:`sweeps.RECURRENCE_FIT_FROM` on to fit their slopes over."""
 QUICK_PROMPTS, FULL_PROMPTS = (128, 1024), (128, 4096)
-QUICK_SAMPLING = sweeps.Sampling(rounds=3, max_rounds=10, series_seconds=2.5)
+QUICK_SAMPLING = sweeps.Sampling(rounds=3, max_rounds=10, series_seconds=2.0)
 FULL_SAMPLING = sweeps.Sampling(rounds=5, max_rounds=15, series_seconds=20.0)
 
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         help="interleaved rounds per sweep point (default: 3 quick, 5 full, and more while a "
-        "series has spent under 2.5 s quick, 20 s full), prefill samples, timed rounds of the "
+        "series has spent under 2 s quick, 20 s full), prefill samples, timed rounds of the "
         "other sections",
     )
     p.add_argument(
@@ -266,7 +266,7 @@ def _model_plan(args: argparse.Namespace) -> model_scaling.Plan:
         decode_samples=10 if quick else 16,
         prefill_repeats=repeats,
         prefill_max_repeats=repeats if args.repeats else (8 if quick else 9),
-        prefill_seconds=8.0 if quick else 60.0,
+        prefill_seconds=5.0 if quick else 60.0,
         direct_tokens=min(16 if quick else 64, contexts[-1]),
         decode_fit_from=contexts[len(contexts) // 2 - 1] if quick else _half(contexts),
         prefill_fit_from=prompts[-3] if len(prompts) >= 3 else prompts[0],

@@ -124,6 +124,7 @@ MODELS = {
         "decode_fit_from": int,
         "prefill_fit_from": int,
         "statistic": str,
+        "prefill_statistic": str,
         "tiny": bool,
     },
     "architectures": [MODEL],
