@@ -291,7 +291,7 @@ def test_quick_and_full_model_plans():
     quick = report.Settings.from_args(report.build_parser().parse_args(["--quick"])).model_plan
     full = report.Settings.from_args(report.build_parser().parse_args([])).model_plan
     assert quick.contexts == [128, 256, 512, 1024, 2048, 4096] and quick.decode_fit_from == 512
-    assert quick.prompts == [128, 256, 512, 1024] and quick.prefill_fit_from == 256
+    assert quick.prompts == [256, 512, 1024] and quick.prefill_fit_from == 256
     assert quick.prefill_repeats == 3 < quick.prefill_max_repeats
     assert full.prefill_fit_from == 1024 and full.prefill_repeats == 5
     assert full.contexts[-1] == 32768 and full.prompts[-1] == 4096

@@ -551,19 +551,24 @@ class ModelRunner:
                     return
             begun = time.perf_counter()
             improving = False
+            # Until every point has its least samples, only the points short of it are due
+            # (a first call long enough counted as a sample).
+            target = (
+                plan.prefill_repeats if fewest < plan.prefill_repeats else plan.prefill_max_repeats
+            )
             for b in going:
                 try:
-                    improving |= self._prefill_round(b)
+                    improving |= self._prefill_round(b, target)
                 except Exception as exc:  # noqa: BLE001 - a failing model is reported
                     self._fail(b, exc)
             last_round = time.perf_counter() - begun
 
-    def _prefill_round(self, b: _Built) -> bool:
-        """One sample of each of ``b``'s prompt lengths that has fewer than the most; whether
-        one of them lowered its minimum by more than :data:`STILL_IMPROVING`."""
+    def _prefill_round(self, b: _Built, target: int) -> bool:
+        """One sample of each of ``b``'s prompt lengths that has fewer than ``target``;
+        whether one of them lowered its minimum by more than :data:`STILL_IMPROVING`."""
         improving = False
         for length, times in b.samples.items():
-            if len(times) < self.plan.prefill_max_repeats:
+            if len(times) < target:
                 before = min(times, default=float("inf"))
                 times.append(_time_once(b.model, b.ids[:, :length]))
                 improving |= times[-1] < (1 - STILL_IMPROVING) * before

@@ -33,8 +33,8 @@ QUICK_LONGEST, FULL_LONGEST, SHORTEST = 4096, 32768, 128
 QUICK_SWEEP_LONGEST = 16384
 """The quick sweep goes past QUICK_LONGEST so that the recurrences have three lengths from
 :data:`sweeps.RECURRENCE_FIT_FROM` on to fit their slopes over."""
-QUICK_PROMPTS, FULL_PROMPTS = (128, 1024), (128, 4096)
-QUICK_SAMPLING = sweeps.Sampling(rounds=3, max_rounds=10, series_seconds=2.0)
+QUICK_PROMPTS, FULL_PROMPTS = (256, 1024), (128, 4096)
+QUICK_SAMPLING = sweeps.Sampling(rounds=3, max_rounds=10, series_seconds=1.5)
 FULL_SAMPLING = sweeps.Sampling(rounds=5, max_rounds=15, series_seconds=20.0)
 
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         help="interleaved rounds per sweep point (default: 3 quick, 5 full, and more while a "
-        "series has spent under 2 s quick, 20 s full), prefill samples, timed rounds of the "
+        "series has spent under 1.5 s quick, 20 s full), prefill samples, timed rounds of the "
         "other sections",
     )
     p.add_argument(
