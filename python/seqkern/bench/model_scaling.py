@@ -530,7 +530,7 @@ class ModelRunner:
     def _prefill_rounds(self, measuring: list[_Built]) -> None:
         """Rounds over every model and prompt length, one sample each, until every point has
         ``prefill_repeats`` samples; then more, up to ``prefill_max_repeats``, while the rounds
-        have taken less than ``prefill_seconds`` per model, or less than twice that while the
+        have taken less than ``prefill_seconds`` per model, or less than 1.5 times that while the
         last round still lowered some point's minimum by more than :data:`STILL_IMPROVING` (a
         burst of load on a shared machine slows calls this long several times over, and lasts
         seconds: the minimum has not settled while it is still falling)."""
@@ -546,7 +546,7 @@ class ModelRunner:
                 return
             if fewest >= plan.prefill_repeats:
                 after = time.perf_counter() - start + last_round
-                budget = (2 if improving else 1) * plan.prefill_seconds * len(going)
+                budget = (1.5 if improving else 1) * plan.prefill_seconds * len(going)
                 if after > budget:
                     return
             begun = time.perf_counter()

@@ -305,7 +305,7 @@ def _sweep_method(settings: dict[str, Any]) -> list[str]:
     m = settings["sampling"]
     more = (
         f", more (up to {m['max_rounds']}) while the series has spent under "
-        f"{m['series_seconds']:g} s, or under {2 * m['series_seconds']:g} s while the last round "
+        f"{m['series_seconds']:g} s, or under {1.5 * m['series_seconds']:g} s while the last round "
         "still lowered a minimum by over 5 % (it has not settled)"
         if m["max_rounds"] > m["rounds"]
         else ""

@@ -274,7 +274,7 @@ def method(models: dict[str, Any]) -> list[str]:
         "5th–95th percentile over 200 bootstrap resamplings of each point's samples. Prefill "
         f"takes {_prefill_samples(plan)} per prompt length in interleaved rounds: more "
         f"while the model's prefill rounds have taken under {plan['prefill_seconds']:g} s, or "
-        f"under {2 * plan['prefill_seconds']:g} s while the last round still lowered a "
+        f"under {1.5 * plan['prefill_seconds']:g} s while the last round still lowered a "
         "minimum by over 5 % (the minimum has not settled).",
     ]
 

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help=f"sweep lengths {SHORTEST}..{QUICK_SWEEP_LONGEST}, model contexts {SHORTEST}.."
-        f"{QUICK_LONGEST}, 3 rounds at least, 1 s per sweep call at most (under 3 minutes on 2 "
+        f"{QUICK_LONGEST}, 3 rounds at least, 0.75 s per sweep call at most (under 3 minutes on 2 "
         "cores)",
     )
     p.add_argument("--out", type=Path, default=Path("seqkern-report"), help="output directory")
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-call-seconds",
         type=float,
-        help="skip points predicted to take longer per call (1 quick, 30 full)",
+        help="skip points predicted to take longer per call (0.75 s quick, 30 s full)",
     )
     p.add_argument(
         "--memory-fraction",
@@ -215,7 +215,7 @@ class Settings:
             lengths=lengths,
             repeats=repeats,
             sampling=sampling,
-            max_call_seconds=args.max_call_seconds or (1.0 if args.quick else 30.0),
+            max_call_seconds=args.max_call_seconds or (0.75 if args.quick else 30.0),
             max_bytes=sweeps.memory_limit(args.memory_fraction),
             sections=[s for s in SECTIONS if s in args.sections],
             kernels=args.kernels,

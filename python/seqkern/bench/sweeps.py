@@ -444,7 +444,7 @@ class SweepRunner:
         """Rounds over the admitted lengths, in increasing and decreasing order by turns, each
         taking one batch of samples of every length that has fewer rounds than its cap (a
         first call long enough to be a sample counts as its first round): ``rounds`` at
-        least, then more while the series has spent under ``series_seconds``, or under twice
+        least, then more while the series has spent under ``series_seconds``, or under 1.5 times
         that while the last round still lowered some point's minimum by more than
         :data:`STILL_IMPROVING` (it has not settled yet); returns how many."""
         start = time.perf_counter()
@@ -456,7 +456,7 @@ class SweepRunner:
                 break
             estimate = sum(fastest[n] * _calls(fastest[n]) for n in due)
             after = time.perf_counter() - start + estimate
-            budget = (2 if improving else 1) * self.sampling.series_seconds
+            budget = (1.5 if improving else 1) * self.sampling.series_seconds
             if min(taken.values()) >= self.sampling.rounds and after > budget:
                 break
             improving = False
