@@ -191,9 +191,76 @@ def test_runner_skips_points_over_the_time_and_memory_limits():
 
 def test_runner_repeats_long_calls_fewer_times(monkeypatch):
     monkeypatch.setattr(sweeps, "LONG_CALL_SECONDS", 0.0)  # every predicted call is "long"
+    monkeypatch.setattr(sweeps, "ROUND_CALLS", 1)
     runner = sweeps.SweepRunner([_fake_kernel()], [8, 16], 5, GENEROUS, lambda m, s: None)
     fast, _ = runner.run()
     assert [len(p["samples"]) for p in fast.points] == [5, 3]
+    assert fast.rounds == 5
+
+
+def _recording(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        sweeps, "resolve", lambda module, name: lambda x, y: calls.append((module, x))
+    )
+    monkeypatch.setattr(sweeps, "settle_after_numpy", lambda: None)
+    return calls
+
+
+def test_runner_interleaves_rounds_over_the_lengths(monkeypatch):
+    calls = _recording(monkeypatch)
+    monkeypatch.setattr(sweeps, "ROUND_CALLS", 1)
+    sampling = sweeps.Sampling(rounds=3, max_rounds=3, series_seconds=0.0)
+    kernel = _fake_kernel(fast=("fast", "f"), reference=("slow", "f"))
+    fast, ref = sweeps.SweepRunner(
+        [kernel], [8, 16, 32], sampling, GENEROUS, lambda m, s: None
+    ).run()
+    # Per implementation: the first pass (timed warm-up calls at each length, ending with
+    # L=32), then three rounds taking one sample of every length in turn, in increasing and
+    # decreasing order by turns.
+    for module in ("fast", "slow"):
+        mine = [x for m, x in calls if m == module]
+        assert mine[-10:] == [32.0, 8.0, 16.0, 32.0, 32.0, 16.0, 8.0, 8.0, 16.0, 32.0]
+    assert fast.rounds == ref.rounds == 3
+    assert all(len(p["samples"]) == 3 for p in fast.points + ref.points)
+
+
+def test_runner_adds_rounds_while_the_series_is_under_its_time_budget(monkeypatch):
+    _recording(monkeypatch)
+    monkeypatch.setattr(sweeps, "ROUND_CALLS", 2)
+    generous = sweeps.Sampling(rounds=2, max_rounds=6, series_seconds=60.0)
+    (fast, _), _, _ = _run_with(_fake_kernel(), generous)
+    assert fast.rounds == 6 and [len(p["samples"]) for p in fast.points] == [12, 12, 12]
+    tight = sweeps.Sampling(rounds=2, max_rounds=6, series_seconds=0.0)
+    (fast, _), _, _ = _run_with(_fake_kernel(), tight)
+    assert fast.rounds == 2
+
+
+def _run_with(kernel, sampling, lengths=(8, 16, 32)):
+    runner = sweeps.SweepRunner([kernel], list(lengths), sampling, GENEROUS, lambda m, s: None)
+    return runner.run(), None, runner.steps
+
+
+def test_fit_lengths_start_where_asked_or_take_the_three_longest():
+    lengths = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    assert sweeps.fit_lengths(lengths, 4096) == [4096, 8192, 16384]
+    assert sweeps.fit_lengths(lengths, 1024) == [1024, 2048, 4096, 8192, 16384]
+    assert sweeps.fit_lengths(lengths[:5], 4096) == [512, 1024, 2048]
+    assert sweeps.fit_lengths([8, 16], 4096) == [8, 16]
+
+
+def test_series_slope_is_fitted_from_its_fit_from():
+    # Linear with a 4x step between 2048 and 4096 (the page faults of a large output): fitted
+    # from 4096 the slope is the growth, 1; across the step it would not be.
+    points = [(n, 1e-6 * n * (4 if n >= 4096 else 1)) for n in [512, 1024, 2048, 4096, 8192, 16384]]
+    series = sweeps.Series("k", "seqkern", "m", "s", fit_from=4096)
+    series.points = [{"length": n, "seconds": t, "samples": [t, 1.1 * t]} for n, t in points]
+    record = series.to_json()
+    assert record["slope_lengths"] == [4096, 8192, 16384] and record["fit_from"] == 4096
+    assert record["slope"] == pytest.approx(1.0)
+    assert record["slope_low"] <= record["slope"] <= record["slope_high"]
+    series.fit_from = 1024
+    assert series.to_json()["slope"] > 1.3
 
 
 def test_runner_records_a_failing_kernel_and_goes_on(monkeypatch):
@@ -224,6 +291,28 @@ def test_sweep_inputs_have_the_stated_model_shapes(kernel):
     assert arrays and all(a.dtype == np.float32 for a in arrays)
     assert all(np.isfinite(a).all() for a in arrays)
     assert any(16 in a.shape for a in arrays)
+
+
+@pytest.mark.parametrize("kernel", sweeps.KERNELS, ids=lambda k: k.name)
+def test_long_inputs_repeat_a_random_block_along_the_sequence(kernel, monkeypatch):
+    monkeypatch.setattr(sweeps, "INPUT_BLOCK", 24)
+    for length in (16, 48, 60):
+        tiled = sweeps.tiled_inputs(kernel, np.random.default_rng(0), length)
+        drawn = kernel.inputs(np.random.default_rng(0), length)
+        flat = [*tiled[0], *tiled[1].values()]
+        for a, b in zip(flat, [*drawn[0], *drawn[1].values()]):
+            if isinstance(a, np.ndarray):
+                assert a.shape == b.shape and a.dtype == b.dtype and a.flags.c_contiguous
+    # The sequence axis repeats the block; the other axes are as drawn.
+    (tiled, _), (block, _) = (
+        sweeps.tiled_inputs(kernel, np.random.default_rng(0), 60),
+        kernel.inputs(np.random.default_rng(0), 24),
+    )
+    first = next(a for a in tiled if isinstance(a, np.ndarray) and 60 in a.shape)
+    axis = first.shape.index(60)
+    source = next(a for a in block if isinstance(a, np.ndarray) and 24 in a.shape)
+    assert np.array_equal(np.take(first, range(24, 48), axis), source)
+    assert np.array_equal(np.take(first, range(48, 60), axis), np.take(source, range(12), axis))
 
 
 # --- the whole command
@@ -328,7 +417,9 @@ def test_bad_arguments_exit_with_a_message(capsys):
 def test_settings_of_quick_and_full_runs():
     quick = report.Settings.from_args(report.build_parser().parse_args(["--quick"]))
     full = report.Settings.from_args(report.build_parser().parse_args([]))
-    assert quick.lengths == LENGTHS and quick.repeats == 3 and quick.max_call_seconds == 1.0
+    assert quick.lengths == [*LENGTHS, 8192, 16384] and quick.max_call_seconds == 0.75
+    assert quick.repeats == 3 and quick.sampling.rounds == 3 and quick.sampling.max_rounds > 3
+    assert full.sampling.rounds == 5
     assert full.lengths[0] == 128 and full.lengths[-1] == 32768 and full.repeats == 5
     assert quick.ternary_formats == ["i2"] and full.ternary_formats == ["i2", "t1"]
 
@@ -432,3 +523,40 @@ def test_families_from_other_branches_light_up_when_present(tmp_path, monkeypatc
     text = (out / "report.md").read_text()
     assert "not available in this build" not in text
     assert "| 64 → 48 | 5 | t1 | 1.60 |" in text
+
+
+# --- comparing runs
+
+
+def test_compare_tabulates_every_slope_with_its_spread(tmp_path):
+    from seqkern.bench import compare
+
+    def document(attention, decode, ranges=(1024, 4096)):
+        series = {"kernel": "causal_attention", "impl": "seqkern", "status": "ok", "points": []}
+        series.update(slope=attention, slope_lengths=list(ranges))
+        none = {"slope": None, "low": None, "high": None, "lengths": []}
+        slopes = dict.fromkeys(("prefill", "generation", "cache"), none)
+        slopes["decode"] = {"slope": decode, "low": None, "high": None, "lengths": [512, 4096]}
+        model = {"name": "mamba", "slopes": slopes}
+        return {"sweeps": [series], "models": {"architectures": [model]}, "elapsed_seconds": 1}
+
+    runs = [document(1.9, 0.0), document(2.0, 0.1, (1024, 8192)), document(2.4, 0.05)]
+    paths = []
+    for i, doc in enumerate(runs):
+        path = tmp_path / f"r{i}"
+        path.mkdir()
+        (path / "results.json").write_text(json.dumps(doc))
+        paths.append(str(path))
+    rows = {r["name"]: r for r in compare.compare(runs)}
+    attention = rows["sweep causal_attention (seqkern)"]
+    assert attention["values"] == [1.9, 2.0, 2.4]
+    assert attention["spread"] == pytest.approx(0.5)
+    assert attention["from_median"] == pytest.approx(0.4)
+    assert attention["ranges"] == ["1024–4096", "1024–8192"]
+    assert rows["model mamba decode"]["spread"] == pytest.approx(0.1)
+    assert rows["model mamba prefill"]["values"] == [None] * 3
+    stream = io.StringIO()
+    assert report.main(["--compare", *paths], stream=stream) == 0
+    text = stream.getvalue()
+    assert "| sweep causal_attention (seqkern) | 1024–4096, 1024–8192 | 1.900 |" in text
+    assert "0.400 ⚠" in text and "1 of 2 slopes more than ±0.15 from their median" in text

@@ -291,6 +291,53 @@ def test_quick_and_full_model_plans():
     quick = report.Settings.from_args(report.build_parser().parse_args(["--quick"])).model_plan
     full = report.Settings.from_args(report.build_parser().parse_args([])).model_plan
     assert quick.contexts == [128, 256, 512, 1024, 2048, 4096] and quick.decode_fit_from == 512
-    assert quick.prompts == [64, 128, 256, 512] and quick.prefill_fit_from == 64
+    assert quick.prompts == [256, 512, 1024] and quick.prefill_fit_from == 256
+    assert quick.prefill_repeats == 3 < quick.prefill_max_repeats
+    assert full.prefill_fit_from == 1024 and full.prefill_repeats == 5
     assert full.contexts[-1] == 32768 and full.prompts[-1] == 4096
     assert "models" in report.Settings.from_args(report.build_parser().parse_args([])).sections
+
+
+def test_a_model_failing_in_the_prefill_rounds_is_reported_and_the_others_go_on(monkeypatch):
+    plan = report.Settings.from_args(
+        report.build_parser().parse_args(
+            [
+                "--tiny-models",
+                "--model-contexts",
+                "8,16",
+                "--model-prompts",
+                "4,8",
+                "--repeats",
+                "2",
+            ]
+        )
+    ).model_plan
+    real_build = ms.build
+    calls = {"n": 0}
+
+    def fragile(arch, tiny=False, seed=0):
+        model = real_build(arch, tiny, seed)
+        if arch.name != "mamba":
+            return model
+
+        class Fragile:
+            def __getattr__(self, name):
+                return getattr(model, name)
+
+            def __call__(self, ids):
+                calls["n"] += 1
+                if calls["n"] > len(plan.prompts):  # the first pass passes, a round fails
+                    raise RuntimeError("boom")
+                return model(ids)
+
+        return Fragile()
+
+    monkeypatch.setattr(ms, "build", fragile)
+    reported = []
+    runner = ms.ModelRunner(plan, ["mamba", "mamba2"], lambda m, s: reported.append(s))
+    mamba, mamba2 = runner.run()
+    assert mamba["status"] == "error" and "RuntimeError: boom" in mamba["note"]
+    assert not mamba["prefill"] and not mamba["decode"]
+    assert mamba2["status"] == "ok", mamba2["note"]
+    assert [len(p["samples"]) for p in mamba2["prefill"]] == [2, 2]
+    assert sum(reported) == ms.steps(plan, ["mamba", "mamba2"])

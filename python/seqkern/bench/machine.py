@@ -92,15 +92,20 @@ def blas_environment() -> dict[str, Any]:
     }
 
 
+def load_average() -> Optional[list[float]]:
+    """The 1, 5 and 15 minute load averages, or None where the OS does not say."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def describe() -> dict[str, Any]:
     """The machine record of ``results.json``."""
     info = seqkern.build_info()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load = load_average()
     return {
         "cpu_model": cpu_model(),
         "cpus_available": cpu_count(),
         "memory_total_bytes": memory_total_bytes(),
-        "load_average_at_start": None if load is None else list(load),
+        "load_average_at_start": load,
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "seqkern_version": info["version"],

@@ -19,8 +19,9 @@ For each model:
   once by a direct ``generate`` of a few tokens.
 
 Each point is the minimum of its samples (the least disturbed run on a shared machine), the
-samples of all contexts (and of all prompt lengths) taken in interleaved rounds; slopes are
-least-squares fits of log t on log L with a bootstrap interval over the samples.
+samples of all contexts of a model, and of all prompt lengths of all models, taken in
+interleaved rounds; slopes are least-squares fits of log t on log L with a bootstrap interval
+over the samples.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ BOOTSTRAP_ROUNDS = 200
 DIRECT_REPEATS = 3
 SECONDS_WITHOUT_WARMUP = 0.5
 """A prompt's first call counts as a sample when it took this long (else it was a warm-up)."""
+STILL_IMPROVING = 0.05
+"""A prefill round that lowers a minimum by more than this share is followed by another."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,11 @@ class Plan:
     prompts: list[int]
     decode_samples: int
     prefill_repeats: int
+    """Samples per prompt length at least ..."""
+    prefill_max_repeats: int
+    """... and at most, taking more while the prefill rounds have taken under ..."""
+    prefill_seconds: float
+    """... this long (per model)."""
     direct_tokens: int
     decode_fit_from: int
     prefill_fit_from: int
@@ -153,16 +161,20 @@ class Plan:
             "prompts": self.prompts,
             "decode_samples": self.decode_samples,
             "prefill_repeats": self.prefill_repeats,
+            "prefill_max_repeats": self.prefill_max_repeats,
+            "prefill_seconds": self.prefill_seconds,
             "direct_tokens": self.direct_tokens,
             "decode_fit_from": self.decode_fit_from,
             "prefill_fit_from": self.prefill_fit_from,
             "statistic": "minimum",
+            "prefill_statistic": "median",
             "tiny": self.tiny,
         }
 
 
 def steps(plan: Plan, names: Sequence[str]) -> int:
-    """Progress steps: per model, one build, one per prompt and context, one direct run."""
+    """Progress steps: per model, one build, one per prompt and context, one direct run (as
+    :attr:`ModelRunner.per_model`)."""
     return len(names) * (2 + len(plan.prompts) + len(plan.contexts))
 
 
@@ -252,8 +264,17 @@ def random_kv_cache(cache: Any, context: int, rng: np.random.Generator) -> Any:
 
 
 def _minimum(samples: Sequence[float]) -> float:
-    """The statistic of every point: the fastest sample."""
+    """The statistic of a decode point: the fastest sample."""
     return float(min(samples))
+
+
+def _median(samples: Sequence[float]) -> float:
+    """The statistic of a prefill point: the median sample. A prefill call of a second or so
+    on a shared machine is rarely undisturbed, so its fastest sample is a matter of luck
+    (the samples at the longest prompts fall in two groups some 30 % apart, and whether one
+    lands in the faster is what moved the slope between runs); the median is the typical
+    call, reproducible while the load is, and equal to the minimum on a quiet machine."""
+    return float(np.median(samples))
 
 
 def _time_once(fn: Callable[..., Any], *args: Any) -> float:
@@ -345,13 +366,18 @@ def overtakes(
 # --- one architecture
 
 
-def _slope_json(samples: dict[int, list[float]], fit_from: int, seed: int) -> dict[str, Any]:
+def _slope_json(
+    samples: dict[int, list[float]],
+    fit_from: int,
+    seed: int,
+    statistic: Callable[[Sequence[float]], float] = _minimum,
+) -> dict[str, Any]:
     used = {n: s for n, s in samples.items() if n >= fit_from}
-    points = [(n, _minimum(s)) for n, s in sorted(used.items())]
+    points = [(n, statistic(s)) for n, s in sorted(used.items())]
     fit = fit_slope(points, longer_half_only=False)
     if fit is None:
         return {"slope": None, "low": None, "high": None, "lengths": []}
-    low, high = bootstrap_slope(used, _minimum, BOOTSTRAP_ROUNDS, seed)
+    low, high = bootstrap_slope(used, statistic, BOOTSTRAP_ROUNDS, seed)
     return {"slope": fit.slope, "low": low, "high": high, "lengths": list(fit.fitted)}
 
 
@@ -388,8 +414,22 @@ def empty_record(arch: Architecture, tiny: bool) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Built:
+    """One architecture in a run: its record, its model (None if not built), and how many of
+    its progress steps have been reported."""
+
+    arch: Architecture
+    record: dict[str, Any]
+    model: Any = None
+    done: int = 0
+    ids: Any = None
+    samples: dict[int, list[float]] = field(default_factory=dict)
+
+
 class ModelRunner:
-    """Measures the architectures one after the other, reporting to ``progress(msg, steps)``."""
+    """Measures the architectures, reporting to ``progress(msg, steps)``: builds them all,
+    prefills them all in interleaved rounds, then decodes each in turn."""
 
     def __init__(self, plan: Plan, names: Sequence[str], progress: Callable, seed: int = 0):
         self.plan = plan
@@ -397,72 +437,142 @@ class ModelRunner:
         self.progress = progress
         self.seed = seed
 
+    @property
+    def per_model(self) -> int:
+        """Progress steps per model: build, one per prompt and context, the direct run."""
+        return 2 + len(self.plan.prompts) + len(self.plan.contexts)
+
     def run(self) -> list[dict[str, Any]]:
-        return [self._run(arch) for arch in self.archs]
+        built = [self._build(arch) for arch in self.archs]
+        live = [b for b in built if b.model is not None]
+        self._prefill(live)
+        for b in live:
+            if b.record["status"] == "ok":
+                try:
+                    b.done += self._decode(b.arch, b.model, b.record)
+                    self._direct(b.arch, b.model, b.record)
+                    b.done += 1
+                except Exception as exc:  # noqa: BLE001 - a failing model is reported
+                    self._fail(b, exc)
+            self._summarise(b.record)
+            b.model = None  # free its weights before the next model decodes
+        return [b.record for b in built]
 
     def _say(self, arch: Architecture, message: str, steps: int = 1) -> None:
         self.progress(f"model    {arch.name:<12} {message}", steps)
 
-    def _run(self, arch: Architecture) -> dict[str, Any]:
-        record = empty_record(arch, self.plan.tiny)
-        per_model = 2 + len(self.plan.prompts) + len(self.plan.contexts)
+    def _fail(self, b: _Built, exc: Exception) -> None:
+        b.record.update(status="error", note=f"{type(exc).__name__}: {exc}")
+        self._say(b.arch, f"failed: {b.record['note']}", self.per_model - b.done)
+        b.done = self.per_model
+
+    def _build(self, arch: Architecture) -> _Built:
+        b = _Built(arch, empty_record(arch, self.plan.tiny))
         start = time.perf_counter()
         try:
-            model = build(arch, self.plan.tiny, self.seed)
+            b.model = build(arch, self.plan.tiny, self.seed)
         except Unavailable as exc:
-            record.update(status="unavailable", note=str(exc))
-            self._say(arch, f"skipped: {exc}", per_model)
-            return record
+            b.record.update(status="unavailable", note=str(exc))
+            self._say(arch, f"skipped: {exc}", self.per_model)
+            return b
         except Exception as exc:  # noqa: BLE001 - a model that fails to build is reported
-            record.update(status="error", note=f"build: {type(exc).__name__}: {exc}")
-            self._say(arch, f"failed: {record['note']}", per_model)
-            return record
-        record["parameters"] = int(model.num_parameters)
-        record["build_seconds"] = time.perf_counter() - start
-        self._say(arch, f"built, {model.num_parameters / 1e6:.1f}M parameters")
-        done = 1
-        try:
-            done += self._prefill(arch, model, record)
-            done += self._decode(arch, model, record)
-            self._direct(arch, model, record)
-            done += 1
-        except Exception as exc:  # noqa: BLE001 - a failing model is reported, not fatal
-            record.update(status="error", note=f"{type(exc).__name__}: {exc}")
-            self._say(arch, f"failed: {record['note']}", per_model - done)
-        self._summarise(record)
-        return record
+            b.record.update(status="error", note=f"build: {type(exc).__name__}: {exc}")
+            self._say(arch, f"failed: {b.record['note']}", self.per_model)
+            return b
+        b.record["parameters"] = int(b.model.num_parameters)
+        b.record["build_seconds"] = time.perf_counter() - start
+        self._say(arch, f"built, {b.model.num_parameters / 1e6:.1f}M parameters")
+        b.done = 1
+        return b
 
     def _ids(self, model: Any, length: int) -> np.ndarray:
         rng = np.random.default_rng(self.seed + 1)
         return rng.integers(0, model.vocab_size, (1, length))
 
-    def _prefill(self, arch: Architecture, model: Any, record: dict[str, Any]) -> int:
-        """Prefill at every prompt length: a first pass in increasing length (which admits the
-        lengths under the time limit and warms up), then rounds over all admitted lengths, so
-        that a burst of load on a shared machine touches every length alike."""
-        plan = self.plan
-        ids = self._ids(model, max(plan.prompts))
-        samples: dict[int, list[float]] = {}
+    def _prefill(self, live: list[_Built]) -> None:
+        """Prefill at every prompt length of every model: a first pass per model in increasing
+        length (which admits the lengths under the time limit and warms up), then rounds over
+        all models and admitted lengths, so that a burst of load on a shared machine, which
+        lasts seconds, touches every model and length alike."""
+        for b in live:
+            try:
+                self._prefill_first(b)
+            except Exception as exc:  # noqa: BLE001 - a failing model is reported
+                self._fail(b, exc)
+        measuring = [b for b in live if b.record["status"] == "ok"]
+        self._prefill_rounds(measuring)
+        for b in measuring:
+            if b.record["status"] != "ok":
+                continue
+            for length, times in b.samples.items():
+                point = {"length": length, "seconds": _median(times), "samples": times}
+                b.record["prefill"].append(point)
+                self._say(b.arch, f"prefill P={length:<6} {_median(times) * 1e3:10.2f} ms")
+            b.done += len(b.samples)
+
+    def _prefill_first(self, b: _Built) -> None:
+        plan, arch, model = self.plan, b.arch, b.model
+        b.ids = self._ids(model, max(plan.prompts))
         firsts: list[tuple[int, float]] = []
         for length in plan.prompts:
             predicted = predict_next(firsts, length, 2.0 if arch.kind == "transformer" else 1.0)
             if predicted is not None and predicted > plan.max_call_seconds:
                 reason = f"predicted {predicted:.1f} s per call > {plan.max_call_seconds:g} s"
-                record["skipped"].append({"what": "prefill", "length": length, "reason": reason})
+                b.record["skipped"].append({"what": "prefill", "length": length, "reason": reason})
                 self._say(arch, f"prefill P={length:<6} skipped: {reason}")
+                b.done += 1
                 continue
-            first = _time_once(model, ids[:, :length])
+            first = _time_once(model, b.ids[:, :length])
             firsts.append((length, first))
             # A first call this long is a sample; a shorter one was the warm-up.
-            samples[length] = [first] if first >= SECONDS_WITHOUT_WARMUP else []
-        for _ in range(plan.prefill_repeats):
-            for length, times in samples.items():
-                if len(times) < plan.prefill_repeats:
-                    times.append(_time_once(model, ids[:, :length]))
-        for length, times in samples.items():
-            record["prefill"].append({"length": length, "seconds": min(times), "samples": times})
-            self._say(arch, f"prefill P={length:<6} {min(times) * 1e3:10.2f} ms")
-        return len(plan.prompts)
+            b.samples[length] = [first] if first >= SECONDS_WITHOUT_WARMUP else []
+
+    def _prefill_rounds(self, measuring: list[_Built]) -> None:
+        """Rounds over every model and prompt length, one sample each, until every point has
+        ``prefill_repeats`` samples; then more, up to ``prefill_max_repeats``, while the rounds
+        have taken less than ``prefill_seconds`` per model, or less than 1.5 times that while the
+        last round still lowered some point's minimum by more than :data:`STILL_IMPROVING` (a
+        burst of load on a shared machine slows calls this long several times over, and lasts
+        seconds: the minimum has not settled while it is still falling)."""
+        plan = self.plan
+        start = time.perf_counter()
+        last_round, improving = 0.0, True
+        while True:
+            going = [b for b in measuring if b.record["status"] == "ok" and b.samples]
+            if not going:
+                return
+            fewest = min(len(t) for b in going for t in b.samples.values())
+            if fewest >= plan.prefill_max_repeats:
+                return
+            if fewest >= plan.prefill_repeats:
+                after = time.perf_counter() - start + last_round
+                budget = (1.5 if improving else 1) * plan.prefill_seconds * len(going)
+                if after > budget:
+                    return
+            begun = time.perf_counter()
+            improving = False
+            # Until every point has its least samples, only the points short of it are due
+            # (a first call long enough counted as a sample).
+            target = (
+                plan.prefill_repeats if fewest < plan.prefill_repeats else plan.prefill_max_repeats
+            )
+            for b in going:
+                try:
+                    improving |= self._prefill_round(b, target)
+                except Exception as exc:  # noqa: BLE001 - a failing model is reported
+                    self._fail(b, exc)
+            last_round = time.perf_counter() - begun
+
+    def _prefill_round(self, b: _Built, target: int) -> bool:
+        """One sample of each of ``b``'s prompt lengths that has fewer than ``target``;
+        whether one of them lowered its minimum by more than :data:`STILL_IMPROVING`."""
+        improving = False
+        for length, times in b.samples.items():
+            if len(times) < target:
+                before = min(times, default=float("inf"))
+                times.append(_time_once(b.model, b.ids[:, :length]))
+                improving |= times[-1] < (1 - STILL_IMPROVING) * before
+        return improving
 
     def _decode(self, arch: Architecture, model: Any, record: dict[str, Any]) -> int:
         """Decode at every context: the caches of all contexts are made first, then each round
@@ -533,7 +643,7 @@ class ModelRunner:
         points = [(p["context"], p["seconds"]) for p in record["decode"]]
         slopes = record["slopes"]
         slopes["decode"] = _slope_json(decode, self.plan.decode_fit_from, self.seed)
-        slopes["prefill"] = _slope_json(prefill, self.plan.prefill_fit_from, self.seed)
+        slopes["prefill"] = _slope_json(prefill, self.plan.prefill_fit_from, self.seed, _median)
         slopes["cache"] = _exact_slope([(p["context"], p["cache_bytes"]) for p in record["decode"]])
         if not points:
             return

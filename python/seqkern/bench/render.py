@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from .analysis import Crossover
 from .machine import blas_summary
+from .sweeps import ATTENTION_FIT_FROM, INPUT_BLOCK, RECURRENCE_FIT_FROM
 
 SCALING_PNG = "scaling.png"
 SPEEDUP_PNG = "speedup.png"
@@ -77,6 +78,10 @@ def _header(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _load(load: Optional[list[float]]) -> str:
+    return "?" if load is None else ", ".join(f"{x:.2f}" for x in load)
+
+
 def _machine(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
     env = m["blas_environment"]
@@ -100,7 +105,8 @@ def _machine(results: dict[str, Any]) -> list[str]:
         ["NumPy", f"{m['numpy_version']}, BLAS {blas_summary(m['numpy_blas'])}"],
         ["BLAS environment", blas_env],
         ["Python", f"{m.get('python', '?')} on {m.get('platform', '?')}"],
-        ["Load average at start", "?" if load is None else ", ".join(f"{x:.2f}" for x in load)],
+        ["Load average (1, 5, 15 min) at start", _load(load)],
+        ["Load average at the end", _load(m.get("load_average_at_end"))],
     ]
     return ["## Machine", "", *table(["", ""], rows, "ll"), ""]
 
@@ -130,10 +136,13 @@ def _sweeps(results: dict[str, Any], plot: Optional[str]) -> list[str]:
     measured = [s for s in series if s["points"]]
     if measured:
         lines += [
-            f"Milliseconds per call (the fastest of {settings['repeats']} or more calls); the "
-            "slope is the least-squares fit of log t against log L over the longer half of the "
-            "measured lengths, given in brackets (about 1 for a scan, 2 for attention), with "
-            "its 5–95 % bootstrap interval in square brackets.",
+            "Milliseconds per call, the fastest of its samples (taken in interleaved rounds "
+            "over the lengths; see Method); the slope is the least-squares fit of log t against "
+            "log L over the lengths given in brackets (about 1 for a scan, 2 for attention): "
+            f"from L = {RECURRENCE_FIT_FROM:,} for the recurrences, where every call's data is "
+            "past the L3 cache and its output past malloc's mmap threshold (see Method), and "
+            f"from L = {ATTENTION_FIT_FROM:,} for attention, or over the three longest measured "
+            "lengths when fewer reach there; its 5–95 % bootstrap interval in square brackets.",
             "",
         ]
         rows = []
@@ -274,12 +283,7 @@ def _method(results: dict[str, Any]) -> list[str]:
     return [
         "## Method",
         "",
-        f"- Each sweep point is the fastest of {s['repeats']} calls after 0.1 s of warm-up "
-        "calls (no warm-up for calls predicted to take over 0.5 s, at most 3 calls when "
-        "predicted over 5 s, and up to 15 calls when the point would take under 0.1 s); the "
-        "slope's interval is the 5th–95th percentile over 200 bootstrap resamplings of each "
-        "point's samples; the fixed-shape and ternary timings are medians of rounds that "
-        "repeat fast calls for at least 50 ms.",
+        *_sweep_method(s),
         "- A point is skipped when its time, extrapolated from the fastest samples of the "
         f"previous points, exceeds "
         f"{s['max_call_seconds']:g} s per call, or its memory estimate exceeds {memory}; "
@@ -293,6 +297,41 @@ def _method(results: dict[str, Any]) -> list[str]:
         "- Lengths: " + ", ".join(str(n) for n in s["lengths"]) + ".",
         *_models_method(results),
         "",
+    ]
+
+
+def _sweep_method(settings: dict[str, Any]) -> list[str]:
+    """How the sweep points are sampled and the slopes fitted."""
+    m = settings["sampling"]
+    more = (
+        f", more (up to {m['max_rounds']}) while the series has spent under "
+        f"{m['series_seconds']:g} s, or under {1.5 * m['series_seconds']:g} s while the last round "
+        "still lowered a minimum by over 5 % (it has not settled)"
+        if m["max_rounds"] > m["rounds"]
+        else ""
+    )
+    return [
+        "- Sweep points: for each kernel and implementation, a first pass in increasing length "
+        "decides which lengths run, warms each up (0.1 s of calls; none for calls predicted "
+        f"over 0.5 s); then interleaved rounds over all its lengths, {m['rounds']} at least"
+        f"{more}. In each round a point's calls repeat back to back until they fill "
+        f"{m['round_call_seconds'] * 1e3:g} ms (at most {m['round_calls']} calls; at most 3 "
+        "samples in all for calls predicted over 5 s). A slow moment of a shared machine thus "
+        "lands on every length alike, and each point is the **minimum** of its samples (the "
+        "work is deterministic, so noise only adds). The slope's interval is the 5th–95th "
+        "percentile over 200 bootstrap resamplings of each fitted point's samples; the "
+        "fixed-shape and ternary timings are medians of rounds that repeat fast calls for at "
+        f"least 50 ms. Inputs longer than {INPUT_BLOCK} positions repeat a random block of "
+        f"{INPUT_BLOCK} along the sequence (no kernel's cost depends on the values).",
+        f"- Fitting ranges: the recurrences from L = {RECURRENCE_FIT_FROM:,}. Their time "
+        "steps up by 3–4× in one doubling where their output reaches 32 MiB (L = 2048 or "
+        "4096 at these shapes): glibc malloc serves blocks that large with a fresh mmap, so "
+        "each call from then on faults in its output's pages, and the data no longer fits in "
+        "the 32 MiB L3 cache. A fit across that step measures the step (and how costly page "
+        "faults are at that moment on the host), not the growth; past it the time is linear "
+        f"again. Attention from L = {ATTENTION_FIT_FROM:,}, where its quadratic term "
+        "dominates. A series cut short by the time limit is fitted over its three longest "
+        "lengths.",
     ]
 
 

@@ -157,12 +157,18 @@ def _prefill_table(archs: list[dict[str, Any]], plan: dict[str, Any]) -> list[st
         rows.append([r["label"], *cells, _slope(r["slopes"]["prefill"])])
     return [
         f"Prefill: milliseconds for a prompt of P tokens from an empty cache, all logits "
-        f"(minimum of {plan['prefill_repeats']}), and in brackets milliseconds per prompt "
+        f"(median of {_prefill_samples(plan)}), and in brackets milliseconds per prompt "
         "token (flat means linear).",
         "",
         *table(["model", *(f"P={p}" for p in prompts), "log-log slope"], rows),
         "",
     ]
+
+
+def _prefill_samples(plan: dict[str, Any]) -> str:
+    """How many samples each prefill point has: ``3 samples`` or ``3 to 6 samples``."""
+    least, most = plan["prefill_repeats"], plan["prefill_max_repeats"]
+    return f"{least} samples" if most <= least else f"{least} to {most} samples"
 
 
 def _crossover_lines(crossovers: list[dict[str, Any]], archs: list[dict[str, Any]]) -> list[str]:
@@ -247,10 +253,14 @@ def method(models: dict[str, Any]) -> list[str]:
     """The models section's lines of the Method list."""
     plan = models["plan"]
     return [
-        "- Models: every point is the fastest of its samples (the least disturbed run; the "
-        "work is deterministic, so noise only adds), and the samples of all contexts (all "
-        "prompt lengths) are taken in interleaved rounds, so that a burst of load on a shared "
-        "machine touches every point alike instead of bending the curve at one. Decode at "
+        "- Models: every decode point is the fastest of its samples (the least disturbed run; "
+        "the work is deterministic, so noise only adds), every prefill point the **median** of "
+        "its samples (a call of a second or so on a shared machine is rarely undisturbed: the "
+        "fastest is luck, the median the typical call, the same on a quiet machine), and the "
+        "samples of all contexts of a "
+        "model, and of all prompt lengths of all models, are taken in interleaved rounds, so "
+        "that a burst of load on a shared machine touches every point alike instead of "
+        "bending the curve at one. Decode at "
         "context C costs the same whatever the cache holds: a recurrent model decodes from the "
         "state of a 16-token prompt labelled C tokens, the transformer from a KV cache grown "
         "as a prefill grows it and holding C positions of random keys and values (a cache of "
@@ -258,9 +268,14 @@ def method(models: dict[str, Any]) -> list[str]:
         "each, so the last sample is at C + "
         f"{plan['decode_samples'] + 1}. The total time to generate N tokens is integrated from "
         "the per-token curve. Slopes: least squares of log t on log L, decode and generation "
-        f"from C = {plan['decode_fit_from']}, prefill from P = {plan['prefill_fit_from']}; "
-        "the interval is the 5th–95th percentile over 200 bootstrap resamplings of each "
-        "point's samples.",
+        f"from C = {plan['decode_fit_from']}, prefill from P = {plan['prefill_fit_from']} (at "
+        "shorter prompts the fixed cost of reading every weight matrix once is a large share "
+        "of a prefill, so its curve has not reached its linear regime); the interval is the "
+        "5th–95th percentile over 200 bootstrap resamplings of each point's samples. Prefill "
+        f"takes {_prefill_samples(plan)} per prompt length in interleaved rounds: more "
+        f"while the model's prefill rounds have taken under {plan['prefill_seconds']:g} s, or "
+        f"under {1.5 * plan['prefill_seconds']:g} s while the last round still lowered a "
+        "minimum by over 5 % (the minimum has not settled).",
     ]
 
 

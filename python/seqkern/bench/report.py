@@ -22,7 +22,7 @@ from typing import Any, Optional, TextIO
 
 import seqkern
 
-from . import machine, model_scaling, peers, render, sweeps, ternary_bench
+from . import compare, machine, model_scaling, peers, render, sweeps, ternary_bench
 from .analysis import crossover
 from .cases import all_cases
 from .ratios import measure_case
@@ -30,7 +30,12 @@ from .results import SCHEMA_ID, write_json
 
 SECTIONS = ("sweep", "ternary", "cases", "models")
 QUICK_LONGEST, FULL_LONGEST, SHORTEST = 4096, 32768, 128
-QUICK_PROMPTS, FULL_PROMPTS = (64, 512), (128, 4096)
+QUICK_SWEEP_LONGEST = 16384
+"""The quick sweep goes past QUICK_LONGEST so that the recurrences have three lengths from
+:data:`sweeps.RECURRENCE_FIT_FROM` on to fit their slopes over."""
+QUICK_PROMPTS, FULL_PROMPTS = (256, 1024), (128, 4096)
+QUICK_SAMPLING = sweeps.Sampling(rounds=3, max_rounds=10, series_seconds=1.5)
+FULL_SAMPLING = sweeps.Sampling(rounds=5, max_rounds=15, series_seconds=20.0)
 
 
 def _int_list(text: str) -> list[int]:
@@ -78,18 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"lengths {SHORTEST}..{QUICK_LONGEST}, 3 repeats, 1 s per call at most (~90 s)",
+        help=f"sweep lengths {SHORTEST}..{QUICK_SWEEP_LONGEST}, model contexts {SHORTEST}.."
+        f"{QUICK_LONGEST}, 3 rounds at least, 0.75 s per sweep call at most (under 3 minutes on 2 "
+        "cores)",
     )
     p.add_argument("--out", type=Path, default=Path("seqkern-report"), help="output directory")
     p.add_argument("--lengths", type=_int_list, help="sweep lengths, e.g. 128,512,2048")
     p.add_argument("--max-length", type=int, help="longest sweep length (geometric from 128)")
     p.add_argument(
-        "--repeats", type=int, help="timed calls per point (the fastest is kept); 3 quick, 5 full"
+        "--repeats",
+        type=int,
+        help="interleaved rounds per sweep point (default: 3 quick, 5 full, and more while a "
+        "series has spent under 1.5 s quick, 20 s full), prefill samples, timed rounds of the "
+        "other sections",
     )
     p.add_argument(
         "--max-call-seconds",
         type=float,
-        help="skip points predicted to take longer per call (1 quick, 30 full)",
+        help="skip points predicted to take longer per call (0.75 s quick, 30 s full)",
     )
     p.add_argument(
         "--memory-fraction",
@@ -153,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     p.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
     p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RESULTS",
+        help="measure nothing: print every fitted slope of these results.json files (or "
+        "report directories) side by side, with the spread of each across them",
+    )
+    p.add_argument(
         "--keep-blas-env",
         action="store_true",
         help="do not relaunch without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE",
@@ -168,6 +186,7 @@ class Settings:
     out: Path
     lengths: list[int]
     repeats: int
+    sampling: sweeps.Sampling
     max_call_seconds: float
     max_bytes: Optional[float]
     sections: list[str]
@@ -183,15 +202,20 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
-        longest = args.max_length or (QUICK_LONGEST if args.quick else FULL_LONGEST)
+        longest = args.max_length or (QUICK_SWEEP_LONGEST if args.quick else FULL_LONGEST)
         lengths = sorted(set(args.lengths or sweeps.geometric_lengths(SHORTEST, longest)))
         formats = args.ternary_formats or ("i2" if args.quick else "i2,t1")
+        repeats = max(1, args.repeats or (3 if args.quick else 5))
+        sampling = QUICK_SAMPLING if args.quick else FULL_SAMPLING
+        if args.repeats:  # exactly that many rounds
+            sampling = sweeps.Sampling(repeats, repeats, 0.0)
         return cls(
             quick=args.quick,
             out=args.out,
             lengths=lengths,
-            repeats=max(1, args.repeats or (3 if args.quick else 5)),
-            max_call_seconds=args.max_call_seconds or (1.0 if args.quick else 30.0),
+            repeats=repeats,
+            sampling=sampling,
+            max_call_seconds=args.max_call_seconds or (0.75 if args.quick else 30.0),
             max_bytes=sweeps.memory_limit(args.memory_fraction),
             sections=[s for s in SECTIONS if s in args.sections],
             kernels=args.kernels,
@@ -210,6 +234,7 @@ class Settings:
             "quick": self.quick,
             "lengths": self.lengths,
             "repeats": self.repeats,
+            "sampling": self.sampling.to_json(),
             "max_call_seconds": self.max_call_seconds,
             "max_bytes": self.max_bytes,
             "sections": self.sections,
@@ -225,22 +250,26 @@ class Settings:
 
 def _model_plan(args: argparse.Namespace) -> model_scaling.Plan:
     """The contexts, prompt lengths, samples and fitting ranges of the models section: quick
-    runs fit the decode slopes from context 512 and the prefill slopes over every length (three
-    doublings at least, so that one disturbed point moves a slope little); full runs over the
-    longer half."""
+    runs fit the decode slopes from context 512 (four doublings: one disturbed point moves a
+    slope little), full runs over the longer half; the prefill slopes over the three longest
+    prompts, where the time is nearest its linear regime (at short prompts the fixed cost of
+    reading every weight matrix once is a large part of it)."""
     quick = args.quick
     longest = QUICK_LONGEST if quick else FULL_LONGEST
     contexts = sorted(set(args.model_contexts or sweeps.geometric_lengths(SHORTEST, longest)))
     shortest, most = QUICK_PROMPTS if quick else FULL_PROMPTS
     prompts = sorted(set(args.model_prompts or sweeps.geometric_lengths(shortest, most)))
+    repeats = max(1, args.repeats or (3 if quick else 5))
     return model_scaling.Plan(
         contexts=contexts,
         prompts=prompts,
         decode_samples=10 if quick else 16,
-        prefill_repeats=max(1, args.repeats or 5),
+        prefill_repeats=repeats,
+        prefill_max_repeats=repeats if args.repeats else (8 if quick else 9),
+        prefill_seconds=5.0 if quick else 60.0,
         direct_tokens=min(16 if quick else 64, contexts[-1]),
         decode_fit_from=contexts[len(contexts) // 2 - 1] if quick else _half(contexts),
-        prefill_fit_from=prompts[0] if quick else _half(prompts),
+        prefill_fit_from=prompts[-3] if len(prompts) >= 3 else prompts[0],
         max_call_seconds=args.max_call_seconds or (30.0 if quick else 120.0),
         max_bytes=sweeps.memory_limit(args.memory_fraction),
         tiny=args.tiny_models,
@@ -275,6 +304,8 @@ def main(argv: Optional[list[str]] = None, stream: TextIO = sys.stderr) -> int:
     """Runs the report in this process (see ``seqkern.bench.__main__.cli`` for the command,
     which first drops the OpenBLAS CPU overrides)."""
     args = build_parser().parse_args(argv)
+    if args.compare:
+        return compare.main(args.compare, sys.stdout if stream is sys.stderr else stream)
     if args.threads is not None:
         seqkern.set_num_threads(args.threads)
     settings = Settings.from_args(args)
@@ -284,7 +315,7 @@ def main(argv: Optional[list[str]] = None, stream: TextIO = sys.stderr) -> int:
     runner = sweeps.SweepRunner(
         [k for k in sweeps.KERNELS if k.name in settings.kernels],
         settings.lengths,
-        settings.repeats,
+        settings.sampling,
         sweeps.Limits(settings.max_call_seconds, settings.max_bytes),
         progress=lambda message, steps: None,
         seed=settings.seed,
@@ -322,6 +353,7 @@ def main(argv: Optional[list[str]] = None, stream: TextIO = sys.stderr) -> int:
     if "models" in settings.sections:
         results["models"] = _models(settings, progress)
     results["elapsed_seconds"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = machine.load_average()
     written = write_outputs(results, settings.out, settings.plots)
     print(
         f"wrote {', '.join(written)} to {settings.out} in {results['elapsed_seconds']:.0f} s",

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-SCHEMA_ID = "seqkern-bench/2"
+SCHEMA_ID = "seqkern-bench/3"
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, None)
@@ -28,6 +28,8 @@ SERIES = {
     "note": str,
     "points": [POINT],
     "skipped": [SKIP],
+    "rounds": int,
+    "fit_from": int,
     "slope": OPTIONAL_NUMBER,
     "slope_lengths": [int],
     "slope_low": OPTIONAL_NUMBER,
@@ -116,10 +118,13 @@ MODELS = {
         "prompts": [int],
         "decode_samples": int,
         "prefill_repeats": int,
+        "prefill_max_repeats": int,
+        "prefill_seconds": NUMBER,
         "direct_tokens": int,
         "decode_fit_from": int,
         "prefill_fit_from": int,
         "statistic": str,
+        "prefill_statistic": str,
         "tiny": bool,
     },
     "architectures": [MODEL],
@@ -136,6 +141,14 @@ SCHEMA: dict[str, Any] = {
         "quick": bool,
         "lengths": [int],
         "repeats": int,
+        "sampling": {
+            "statistic": str,
+            "rounds": int,
+            "max_rounds": int,
+            "series_seconds": NUMBER,
+            "round_call_seconds": NUMBER,
+            "round_calls": int,
+        },
         "max_call_seconds": NUMBER,
         "max_bytes": OPTIONAL_NUMBER,
         "sections": [str],

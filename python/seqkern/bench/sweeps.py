@@ -9,27 +9,42 @@ yet) is reported as not available instead of failing the run.
 from __future__ import annotations
 
 import importlib
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from .analysis import Point, bootstrap_slope, fit_slope, predict_next
-from .timing import sample_seconds, settle_after_numpy
+from .timing import sample_seconds, settle_after_numpy, timed_warm_up
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
 F32 = np.float32
 SECONDS_WITHOUT_WARMUP = 0.5
 """Calls predicted to take longer than this are timed without a warm-up call."""
 LONG_CALL_SECONDS = 5.0
-"""Calls predicted to take longer than this are repeated at most LONG_CALL_REPEATS times."""
+"""Calls predicted to take longer than this get at most LONG_CALL_REPEATS samples."""
 LONG_CALL_REPEATS = 3
-SHORT_POINT_SECONDS = 0.1
-"""Calls predicted this short are repeated until the point takes about this long ..."""
-SHORT_CALL_REPEATS = 15
-"""... but at most this many times: the minimum of more samples moves less between runs."""
+ROUND_CALL_SECONDS = 0.02
+"""In every round, a point's calls are repeated back to back until they fill this long ..."""
+ROUND_CALLS = 10
+"""... but at most this many times (each call is a sample)."""
+STILL_IMPROVING = 0.05
 BOOTSTRAP_ROUNDS = 200
+INPUT_BLOCK = 1024
+"""Inputs longer than this repeat a random block of this many positions (see
+:func:`tiled_inputs`)."""
+RECURRENCE_FIT_FROM = 4096
+"""Where the recurrences' slopes are fitted from. From L = 4096 on, each of them reads and
+writes more than the 32 MiB L3 cache of the reference machine, and its output (32 MiB or more)
+is past glibc malloc's largest mmap threshold (32 MiB), so that every call maps and faults in
+fresh pages for it: the regime of all longer L. Below, the time steps up once, by 3-4x in one
+doubling, where the output crosses 32 MiB (L = 2048 or 4096), and a fit across that step
+measures the step rather than the growth."""
+ATTENTION_FIT_FROM = 1024
+"""Attention's quadratic term dominates from about L = 1024 on."""
 
 
 class Unavailable(Exception):
@@ -60,6 +75,8 @@ class SweepKernel:
     reference_bytes: Callable[[int], float]
     """Peak memory the NumPy reference needs at length L (an estimate)."""
     expected_slope: float = 1.0
+    fit_from: int = RECURRENCE_FIT_FROM
+    """The slope is fitted over the measured lengths from this one on (see :func:`fit_lengths`)."""
 
 
 def _normal(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
@@ -157,6 +174,7 @@ ATTENTION = SweepKernel(
     _attention_inputs,
     _attention_reference_bytes,
     expected_slope=2.0,
+    fit_from=ATTENTION_FIT_FROM,
 )
 
 RECURRENCES = [
@@ -220,27 +238,26 @@ class Series:
     impl: str
     model: str
     shape: str
+    fit_from: int = RECURRENCE_FIT_FROM
     status: str = "ok"
     """"ok", "unavailable" (not in this build) or "error" (it raised; see note)."""
     note: str = ""
     points: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    rounds: int = 0
+    """Interleaved rounds taken over the series' lengths (see :meth:`SweepRunner.run`)."""
 
     def timings(self) -> list[Point]:
         """(length, seconds: the fastest sample) of the measured points."""
         return [(p["length"], p["seconds"]) for p in self.points]
 
-    def best_timings(self) -> list[Point]:
-        """(length, fastest sample): what the time limit extrapolates from, since on a
-        shared machine a slow sample says more about the neighbours than the kernel."""
-        return [(p["length"], min(p["samples"])) for p in self.points]
-
     def to_json(self) -> dict[str, Any]:
-        fit = fit_slope(self.timings())
+        used = fit_lengths([p["length"] for p in self.points], self.fit_from)
+        fit = fit_slope([(n, t) for n, t in self.timings() if n in used], longer_half_only=False)
         low = high = None
         if fit is not None:
-            used = {p["length"]: p["samples"] for p in self.points if p["length"] in fit.fitted}
-            low, high = bootstrap_slope(used, min, BOOTSTRAP_ROUNDS)
+            chosen = {p["length"]: p["samples"] for p in self.points if p["length"] in used}
+            low, high = bootstrap_slope(chosen, min, BOOTSTRAP_ROUNDS)
         return {
             "kernel": self.kernel,
             "impl": self.impl,
@@ -250,6 +267,8 @@ class Series:
             "note": self.note,
             "points": self.points,
             "skipped": self.skipped,
+            "rounds": self.rounds,
+            "fit_from": self.fit_from,
             "slope": None if fit is None else fit.slope,
             "slope_lengths": [] if fit is None else list(fit.fitted),
             "slope_low": low,
@@ -265,6 +284,28 @@ class Limits:
     max_bytes: Optional[float]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How many samples each point gets: every series takes at least ``rounds`` interleaved
+    rounds over its lengths, and more (up to ``max_rounds``) while it has spent less than
+    ``series_seconds``; in each round a point's calls repeat until they fill
+    :data:`ROUND_CALL_SECONDS` (at most :data:`ROUND_CALLS`)."""
+
+    rounds: int
+    max_rounds: int
+    series_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "statistic": "minimum",
+            "rounds": self.rounds,
+            "max_rounds": self.max_rounds,
+            "series_seconds": self.series_seconds,
+            "round_call_seconds": ROUND_CALL_SECONDS,
+            "round_calls": ROUND_CALLS,
+        }
+
+
 def available_memory_bytes() -> Optional[float]:
     """MemAvailable from /proc/meminfo (Linux), else None."""
     try:
@@ -277,21 +318,38 @@ def available_memory_bytes() -> Optional[float]:
     return None
 
 
+class _Failed(Exception):
+    """A kernel raised at ``length``."""
+
+    def __init__(self, length: int, error: Exception):
+        super().__init__(f"L={length}: {type(error).__name__}: {error}")
+        self.length = length
+
+
 class SweepRunner:
-    """Runs the sweeps, reporting every point to ``progress(message, steps)``."""
+    """Runs the sweeps, reporting every point to ``progress(message, steps)``.
+
+    Per kernel and implementation, a first pass in increasing length decides which lengths
+    run (see :meth:`_admit`), warms each up and takes its first samples; then rounds go over
+    all admitted lengths, one batch of samples each per round, so that a burst of load on a
+    shared machine lands on every length alike instead of bending the curve at one. Each
+    point is the fastest of its samples.
+    """
 
     def __init__(
         self,
         kernels: Sequence[SweepKernel],
         lengths: Sequence[int],
-        repeats: int,
+        repeats: Union[int, Sampling],
         limits: Limits,
         progress: Callable[[str, int], None],
         seed: int = 0,
     ):
         self.kernels = list(kernels)
         self.lengths = sorted(lengths)
-        self.repeats = repeats
+        if isinstance(repeats, int):
+            repeats = Sampling(repeats, repeats, 0.0)
+        self.sampling = repeats
         self.limits = limits
         self.progress = progress
         self.seed = seed
@@ -311,50 +369,123 @@ class SweepRunner:
         functions: dict[str, Callable[..., Any]] = {}
         results = {}
         for impl, (module, name) in zip(IMPLEMENTATIONS, (kernel.fast, kernel.reference)):
-            results[impl] = Series(kernel.name, impl, kernel.model, kernel.shape)
+            results[impl] = Series(kernel.name, impl, kernel.model, kernel.shape, kernel.fit_from)
             try:
                 functions[impl] = resolve(module, name)
             except Unavailable as exc:
                 results[impl].status = "unavailable"
                 results[impl].note = str(exc)
-            if impl not in functions:
                 self.progress(f"{kernel.name:<16} {impl:<7} not available", len(self.lengths))
-        rng = np.random.default_rng(self.seed)
-        for length in self.lengths:
-            running = {
-                impl: fn
-                for impl, fn in functions.items()
-                if self._admit(kernel, impl, results[impl], length)
-            }
-            for impl in [i for i in functions if i not in running]:
-                reason = results[impl].skipped[-1]["reason"]
-                self.progress(f"{kernel.name:<16} {impl:<7} L={length:<6} skipped: {reason}", 1)
-            if not running:
-                continue
-            args = kernel.inputs(rng, length)
-            for impl, fn in running.items():
-                if not self._measure(kernel, impl, fn, args, results[impl], length):
-                    del functions[impl]
-            del args
+        inputs: dict[int, Args] = {}
+
+        def args_at(length: int) -> Args:
+            """The inputs at ``length``, made once and shared by both implementations."""
+            if length not in inputs:
+                rng = np.random.default_rng([self.seed, length])
+                inputs[length] = tiled_inputs(kernel, rng, length)
+            return inputs[length]
+
+        for impl, fn in functions.items():
+            self._run_series(kernel, results[impl], _caller(fn, args_at))
+            if impl == "numpy":
+                settle_after_numpy()
+        inputs.clear()
         return [results[impl] for impl in IMPLEMENTATIONS]
 
-    def _admit(self, kernel: SweepKernel, impl: str, series: Series, length: int) -> bool:
+    def _run_series(
+        self, kernel: SweepKernel, series: Series, call_at: Callable[[int], Callable[[], Any]]
+    ) -> None:
+        """The first pass, then the rounds; the points into ``series``."""
+        fastest: dict[int, float] = {}
+        samples: dict[int, list[float]] = {}
+        caps: dict[int, int] = {}
+        failed = 0
+        try:
+            for length in self.lengths:
+                if not self._admit(kernel, series, fastest, length):
+                    reason = series.skipped[-1]["reason"]
+                    self.progress(f"{_label(series)} L={length:<6} skipped: {reason}", 1)
+                    continue
+                predicted = predict_next(list(fastest.items()), length, kernel.expected_slope)
+                long_call = predicted is not None and predicted > LONG_CALL_SECONDS
+                caps[length] = LONG_CALL_REPEATS if long_call else self.sampling.max_rounds
+                fastest[length], samples[length] = _first_pass(call_at(length), predicted, length)
+        except _Failed as exc:
+            failed = self._failed(series, exc)
+        try:
+            series.rounds = self._rounds(call_at, fastest, samples, caps)
+        except _Failed as exc:  # a length that ran in the first pass fails later
+            samples.pop(exc.length)
+            failed = self._failed(series, exc)
+        for length, times in samples.items():
+            if not times:
+                continue
+            best = float(min(times))
+            series.points.append({"length": length, "seconds": best, "samples": times})
+            self.progress(f"{_label(series)} L={length:<6} {_ms(best)} ({len(times)} calls)", 1)
+        remaining = len(self.lengths) - len(series.points) - len(series.skipped) - failed
+        if remaining > 0:
+            self.progress(f"{_label(series)} stopped after the failure", remaining)
+
+    def _failed(self, series: Series, exc: _Failed) -> int:
+        """Marks ``series`` failed (the lengths run before stay measured); returns 1."""
+        series.status = "error"
+        series.note = str(exc)
+        self.progress(f"{_label(series)} L={exc.length:<6} failed: {series.note}", 1)
+        return 1
+
+    def _rounds(
+        self,
+        call_at: Callable[[int], Callable[[], Any]],
+        fastest: dict[int, float],
+        samples: dict[int, list[float]],
+        caps: dict[int, int],
+    ) -> int:
+        """Rounds over the admitted lengths, in increasing and decreasing order by turns, each
+        taking one batch of samples of every length that has fewer rounds than its cap (a
+        first call long enough to be a sample counts as its first round): ``rounds`` at
+        least, then more while the series has spent under ``series_seconds``, or under 1.5 times
+        that while the last round still lowered some point's minimum by more than
+        :data:`STILL_IMPROVING` (it has not settled yet); returns how many."""
+        start = time.perf_counter()
+        taken = {n: 1 if times else 0 for n, times in samples.items()}
+        done, improving = 0, True
+        while done < self.sampling.max_rounds:
+            due = [n for n in samples if taken[n] < min(caps[n], self.sampling.max_rounds)]
+            if not due:
+                break
+            estimate = sum(fastest[n] * _calls(fastest[n]) for n in due)
+            after = time.perf_counter() - start + estimate
+            budget = (1.5 if improving else 1) * self.sampling.series_seconds
+            if min(taken.values()) >= self.sampling.rounds and after > budget:
+                break
+            improving = False
+            for n in due if done % 2 == 0 else reversed(due):
+                before = min(samples[n], default=float("inf"))
+                samples[n].extend(_round(call_at(n), fastest[n], n))
+                improving |= min(samples[n]) < (1 - STILL_IMPROVING) * before
+                fastest[n] = min(fastest[n], *samples[n])
+                taken[n] += 1
+            done += 1
+        return max(taken.values(), default=0)
+
+    def _admit(
+        self, kernel: SweepKernel, series: Series, fastest: dict[int, float], length: int
+    ) -> bool:
         """Whether to run ``length``; when not, records why (once per series)."""
-        if series.status != "ok":
-            return False
         if series.skipped:
             first = series.skipped[0]
             reason = f"L={first['length']} was skipped: {first['reason']}"
             series.skipped.append({"length": length, "reason": reason})
             return False
-        predicted = predict_next(series.best_timings(), length, kernel.expected_slope)
+        predicted = predict_next(list(fastest.items()), length, kernel.expected_slope)
         reason = None
         if predicted is not None and predicted > self.limits.max_call_seconds:
             reason = (
                 f"predicted {predicted:.1f} s per call > the {self.limits.max_call_seconds:g} s "
                 "limit (--max-call-seconds)"
             )
-        elif impl == "numpy" and self.limits.max_bytes is not None:
+        elif series.impl == "numpy" and self.limits.max_bytes is not None:
             need = kernel.reference_bytes(length)
             if need > self.limits.max_bytes:
                 reason = (
@@ -366,41 +497,90 @@ class SweepRunner:
         series.skipped.append({"length": length, "reason": reason})
         return False
 
-    def _measure(
-        self,
-        kernel: SweepKernel,
-        impl: str,
-        fn: Callable[..., Any],
-        args: Args,
-        series: Series,
-        length: int,
-    ) -> bool:
-        """Times one point into ``series``; False (and the series marked) if it raised."""
-        positional, keywords = args
-        predicted = predict_next(series.best_timings(), length, kernel.expected_slope)
-        warmup = predicted is None or predicted < SECONDS_WITHOUT_WARMUP
-        repeats = self.repeats
-        if predicted is not None and predicted > LONG_CALL_SECONDS:
-            repeats = min(repeats, LONG_CALL_REPEATS)
-        elif predicted is not None and predicted * repeats < SHORT_POINT_SECONDS:
-            fit_in = int(SHORT_POINT_SECONDS / max(predicted, 1e-9))
-            repeats = max(repeats, min(SHORT_CALL_REPEATS, fit_in))
-        try:
-            samples = sample_seconds(lambda: fn(*positional, **keywords), repeats, warmup)
-        except Exception as exc:  # noqa: BLE001 - a failing kernel is reported, not fatal
-            series.status = "error"
-            series.note = f"L={length}: {type(exc).__name__}: {exc}"
-            self.progress(f"{kernel.name:<16} {impl:<7} L={length:<6} failed: {series.note}", 1)
-            remaining = len(self.lengths) - self.lengths.index(length) - 1
-            if remaining:
-                self.progress(f"{kernel.name:<16} {impl:<7} stopped after the failure", remaining)
-            return False
-        if impl == "numpy":
-            settle_after_numpy()
-        fastest = float(min(samples))
-        series.points.append({"length": length, "seconds": fastest, "samples": samples})
-        self.progress(f"{kernel.name:<16} {impl:<7} L={length:<6} {_ms(fastest)}", 1)
-        return True
+
+def _caller(
+    fn: Callable[..., Any], args_at: Callable[[int], Args]
+) -> Callable[[int], Callable[[], Any]]:
+    """``length -> (a call of fn on the inputs at length)``."""
+
+    def call_at(length: int) -> Callable[[], Any]:
+        positional, keywords = args_at(length)
+        return lambda: fn(*positional, **keywords)
+
+    return call_at
+
+
+def _label(series: Series) -> str:
+    return f"{series.kernel:<16} {series.impl:<7}"
+
+
+def _calls(seconds: Optional[float]) -> int:
+    """Calls of one round for a call of about ``seconds``."""
+    if seconds is None or seconds <= 0:
+        return 1
+    return max(1, min(ROUND_CALLS, math.ceil(ROUND_CALL_SECONDS / seconds)))
+
+
+def _round(fn: Callable[[], Any], seconds: float, length: int) -> list[float]:
+    """One round's samples of ``fn``, a call of about ``seconds`` (see :func:`_calls`);
+    :class:`_Failed` if it raised."""
+    try:
+        return sample_seconds(fn, _calls(seconds), warmup=False)
+    except Exception as exc:  # noqa: BLE001 - a failing kernel is reported, not fatal
+        raise _Failed(length, exc) from exc
+
+
+def _first_pass(
+    fn: Callable[[], Any], predicted: Optional[float], length: int
+) -> tuple[float, list[float]]:
+    """The first calls at a length: (the fastest, the samples). Calls predicted under
+    :data:`SECONDS_WITHOUT_WARMUP` (or not predicted) are warm-up calls for
+    :data:`.timing.WARM_UP_SECONDS` (two at least, so that one hiccup does not stop the
+    series), timed for the predictions but not samples; a longer call
+    is called once, and that call is the first sample."""
+    try:
+        if predicted is not None and predicted >= SECONDS_WITHOUT_WARMUP:
+            first = sample_seconds(fn, 1, warmup=False)
+            return first[0], first
+        times = timed_warm_up(fn)
+    except Exception as exc:  # noqa: BLE001 - a failing kernel is reported, not fatal
+        raise _Failed(length, exc) from exc
+    return min(times), []
+
+
+def tiled_inputs(kernel: SweepKernel, rng: np.random.Generator, length: int) -> Args:
+    """``kernel.inputs(rng, length)``, but past :data:`INPUT_BLOCK` positions a random block of
+    that many is repeated along the sequence axis (the one axis of that size) instead of
+    drawing every value: drawing (and shaping) hundreds of MiB of inputs took longer than
+    timing the kernels on them, and none of the kernels' costs depends on the values."""
+    if length <= INPUT_BLOCK:
+        return kernel.inputs(rng, length)
+    positional, keywords = kernel.inputs(rng, INPUT_BLOCK)
+    copies = -(-length // INPUT_BLOCK)
+
+    def grow(a: Any) -> Any:
+        if not isinstance(a, np.ndarray):
+            return a
+        axes = [i for i, n in enumerate(a.shape) if n == INPUT_BLOCK]
+        if len(axes) > 1:
+            raise ValueError(f"{kernel.name}: an input of shape {a.shape} has two sequence axes")
+        if not axes:
+            return a
+        reps = [1] * a.ndim
+        reps[axes[0]] = copies
+        grown = np.tile(a, reps)
+        cut = (slice(None),) * axes[0] + (slice(0, length),)
+        return np.ascontiguousarray(grown[cut])
+
+    return tuple(grow(a) for a in positional), {k: grow(v) for k, v in keywords.items()}
+
+
+def fit_lengths(lengths: Sequence[int], fit_from: int, least: int = 3) -> list[int]:
+    """The lengths a slope is fitted over: the measured ones from ``fit_from`` on, or the
+    ``least`` longest when fewer reach it (a series cut short by the time limit)."""
+    ordered = sorted(set(lengths))
+    chosen = [n for n in ordered if n >= fit_from]
+    return chosen if len(chosen) >= least else ordered[-least:]
 
 
 def _ms(seconds: float) -> str:

@@ -42,6 +42,19 @@ def warm_up(fn: Callable[[], object], seconds: float = WARM_UP_SECONDS) -> None:
         fn()
 
 
+def timed_warm_up(
+    fn: Callable[[], object], seconds: float = WARM_UP_SECONDS, least: int = 2
+) -> list[float]:
+    """:func:`warm_up` (but at least ``least`` calls), returning the wall time of each call."""
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < least or time.perf_counter() < end:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def round_seconds(fn: Callable[[], object], inner: int) -> float:
     """The mean wall time of ``inner`` back-to-back calls of ``fn()``."""
     start = time.perf_counter()
