@@ -250,8 +250,16 @@ impl<T: Real> Kernel for HeadsJob<'_, '_, T> {
             };
             if let (Some(dt), Some(decay)) = (head_dt, head_decay) {
                 // One step size and decay for the whole head: rows in blocks of ROWS.
-                let head_state = &mut self.state[i * head_len..(i + 1) * head_len];
+                let head_start = i * head_len;
                 for p0 in (0..headdim).step_by(ROWS) {
+                    // The state comes from memory once per token: ask for the rows two
+                    // blocks ahead (they may be the next head's) while this block computes.
+                    let ahead = head_start + (p0 + 2 * ROWS) * n;
+                    let ahead_end = (ahead + ROWS * n).min(self.state.len());
+                    if ahead < ahead_end {
+                        crate::rwkv::prefetch(&self.state[ahead..ahead_end]);
+                    }
+                    let head_state = &mut self.state[head_start..head_start + head_len];
                     let rows = ROWS.min(headdim - p0);
                     let first_row = bh * headdim + p0;
                     let mut dt_x = [T::ZERO; ROWS];
