@@ -6,7 +6,7 @@ use super::{
 use crate::error::checked_product;
 use crate::mamba::conv1d::{self, ConvDims, ConvInputs};
 use crate::mamba::conv1d_channels_last::causal_conv1d_channels_last;
-use crate::mamba::mamba2_step::{mamba2_step, Mamba2StepDims, Mamba2StepInputs};
+use crate::mamba::mamba2_step::{grouped_rms_norm, mamba2_step, Mamba2StepDims, Mamba2StepInputs};
 use crate::mamba::ssd::{ssd_scan, ssd_scan_sequential, SsdDims, SsdInputs};
 use crate::mamba::state_update::Granularity;
 use crate::simd::Real;
@@ -23,6 +23,8 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(causal_conv1d_update_f64, m)?)?;
     m.add_function(wrap_pyfunction!(mamba2_step_f32, m)?)?;
     m.add_function(wrap_pyfunction!(mamba2_step_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(grouped_rms_norm_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(grouped_rms_norm_f64, m)?)?;
     Ok(())
 }
 
@@ -290,6 +292,30 @@ macro_rules! step_entry_point {
         }
     };
 }
+
+macro_rules! norm_entry_point {
+    ($t:ty, $norm:ident) => {
+        /// Mamba-2's gated norm of a prompt for one dtype, in place: each row of `y`
+        /// (..., width) scaled by 1 / sqrt(mean(y^2) + eps) per group of width / groups
+        /// channels, times `weight`.
+        #[pyfunction]
+        #[pyo3(signature = (y, weight, groups, eps))]
+        fn $norm<'py>(
+            py: Python<'py>,
+            mut y: PyReadwriteArrayDyn<'py, $t>,
+            weight: PyReadonlyArrayDyn<'py, $t>,
+            groups: usize,
+            eps: $t,
+        ) -> PyResult<()> {
+            let weight = as_slice("weight", &weight)?;
+            let y = as_mut_slice("y", &mut y)?;
+            run_detached_on_caller(py, || grouped_rms_norm(y, weight, groups, eps))
+        }
+    };
+}
+
+norm_entry_point!(f32, grouped_rms_norm_f32);
+norm_entry_point!(f64, grouped_rms_norm_f64);
 
 step_entry_point!(f32, mamba2_step_f32);
 step_entry_point!(f64, mamba2_step_f64);

@@ -197,6 +197,43 @@ fn step_sizes<T: Real>(inputs: &Mamba2StepInputs<'_, T>, dt_in: &[T], dt: &mut [
     }
 }
 
+/// Rows of [`grouped_rms_norm`] per task.
+const NORM_ROWS_PER_TASK: usize = 64;
+
+/// The gated norm of a prompt: every row of `y` (`rows x weight.len()`) normalised in place as
+/// [`mamba2_step`] does for one token (rows in parallel when there are many).
+pub fn grouped_rms_norm<T: Real>(
+    y: &mut [T],
+    weight: &[T],
+    groups: usize,
+    eps: T,
+) -> Result<(), KernelError> {
+    let width = weight.len();
+    if groups == 0 || !width.is_multiple_of(groups) {
+        return Err(KernelError::value(
+            "groups",
+            format!("{groups} groups must divide the width {width}"),
+        ));
+    }
+    if width == 0 {
+        return Ok(());
+    }
+    check_len("y", y, &[y.len() / width, width])?;
+    let work = y.len();
+    let tasks: Vec<_> = y.chunks_mut(NORM_ROWS_PER_TASK * width).collect();
+    crate::parallel::for_each_init(
+        tasks,
+        work,
+        || (),
+        |_, rows| {
+            for row in rows.chunks_exact_mut(width) {
+                group_norm(row, weight, groups, eps);
+            }
+        },
+    );
+    Ok(())
+}
+
 /// y <- y / sqrt(mean(y^2) + eps) * weight over each group of `y.len() / groups` channels.
 fn group_norm<T: Real>(y: &mut [T], weight: &[T], groups: usize, eps: T) {
     let size = y.len() / groups;
