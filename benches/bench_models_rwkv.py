@@ -230,6 +230,9 @@ def main() -> None:
         help="wall time (default), or process CPU time (with --threads 1: robust when busy)",
     )
     args = parser.parse_args()
+    from seqkern.bench.timing import keep_freed_memory
+
+    keep_freed_memory()  # no page faults of fresh activations by chance (see its docs)
     global clock
     clock = CLOCK[args.clock]
     import seqkern

@@ -85,3 +85,25 @@ BLAS_SETTLE_SECONDS = 0.25
 def settle_after_numpy() -> None:
     """Waits until NumPy's BLAS threads have gone to sleep."""
     time.sleep(BLAS_SETTLE_SECONDS)
+
+
+def keep_freed_memory() -> bool:
+    """Asks glibc's allocator to keep freed memory for reuse (no mmap / trim of large blocks).
+
+    A prompt's activations are arrays of tens of MB; by default glibc serves some of them with
+    fresh mmaps and returns them on free, so a call may or may not pay for faulting in its
+    pages depending on the allocator's state, which moved whole-model prefill times (and the
+    matmul floor beside them) by up to 1.8x between rounds. With this both sides run on
+    reused memory. Returns whether the setting took (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = mallopt(m_mmap_threshold, 1 << 30) == 1
+    return mallopt(m_trim_threshold, (1 << 31) - 1) == 1 and ok
