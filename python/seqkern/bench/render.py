@@ -140,7 +140,7 @@ def _sweeps(results: dict[str, Any], plot: Optional[str]) -> list[str]:
             "over the lengths; see Method); the slope is the least-squares fit of log t against "
             "log L over the lengths given in brackets (about 1 for a scan, 2 for attention): "
             f"from L = {RECURRENCE_FIT_FROM:,} for the recurrences, where every call's data is "
-            "past the L3 cache and its output past malloc's mmap threshold (see Method), and "
+            "past the L3 cache (see Method), and "
             f"from L = {ATTENTION_FIT_FROM:,} for attention, or over the three longest measured "
             "lengths when fewer reach there; its 5–95 % bootstrap interval in square brackets.",
             "",
@@ -323,12 +323,12 @@ def _sweep_method(settings: dict[str, Any]) -> list[str]:
         "fixed-shape and ternary timings are medians of rounds that repeat fast calls for at "
         f"least 50 ms. Inputs longer than {INPUT_BLOCK} positions repeat a random block of "
         f"{INPUT_BLOCK} along the sequence (no kernel's cost depends on the values).",
-        f"- Fitting ranges: the recurrences from L = {RECURRENCE_FIT_FROM:,}. Their time "
-        "steps up by 3–4× in one doubling where their output reaches 32 MiB (L = 2048 or "
-        "4096 at these shapes): glibc malloc serves blocks that large with a fresh mmap, so "
-        "each call from then on faults in its output's pages, and the data no longer fits in "
-        "the 32 MiB L3 cache. A fit across that step measures the step (and how costly page "
-        "faults are at that moment on the host), not the growth; past it the time is linear "
+        f"- Fitting ranges: the recurrences from L = {RECURRENCE_FIT_FROM:,}, where every "
+        "call's data is past the 32 MiB L3 cache; below, the time steps up once where it "
+        "leaves the cache, and a fit across that step measures the step, not the growth. The "
+        "run asks glibc's allocator to keep freed memory: otherwise outputs of 32 MiB or more "
+        "come from fresh mmaps whose pages each call faults in, a 3–4× step in one doubling "
+        "whose size depends on the host at that moment. Past the L3 step the time is linear "
         f"again. Attention from L = {ATTENTION_FIT_FROM:,}, where its quadratic term "
         "dominates. A series cut short by the time limit is fitted over its three longest "
         "lengths.",

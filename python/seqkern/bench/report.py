@@ -27,6 +27,7 @@ from .analysis import crossover
 from .cases import all_cases
 from .ratios import measure_case
 from .results import SCHEMA_ID, write_json
+from .timing import keep_freed_memory
 
 SECTIONS = ("sweep", "ternary", "cases", "models")
 QUICK_LONGEST, FULL_LONGEST, SHORTEST = 4096, 32768, 128
@@ -310,7 +311,11 @@ def main(argv: Optional[list[str]] = None, stream: TextIO = sys.stderr) -> int:
         seqkern.set_num_threads(args.threads)
     settings = Settings.from_args(args)
     started = time.perf_counter()
+    # Outputs of tens of MB would otherwise come from fresh mmaps at some lengths and not at
+    # others, putting a page-fault step into the sweeps and noise into prefill.
+    reused = keep_freed_memory()
     record = machine.describe()
+    record["allocator_keeps_freed_memory"] = reused
     print(_banner(record, settings), file=stream, flush=True)
     runner = sweeps.SweepRunner(
         [k for k in sweeps.KERNELS if k.name in settings.kernels],

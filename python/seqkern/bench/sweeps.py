@@ -38,11 +38,12 @@ INPUT_BLOCK = 1024
 :func:`tiled_inputs`)."""
 RECURRENCE_FIT_FROM = 4096
 """Where the recurrences' slopes are fitted from. From L = 4096 on, each of them reads and
-writes more than the 32 MiB L3 cache of the reference machine, and its output (32 MiB or more)
-is past glibc malloc's largest mmap threshold (32 MiB), so that every call maps and faults in
-fresh pages for it: the regime of all longer L. Below, the time steps up once, by 3-4x in one
-doubling, where the output crosses 32 MiB (L = 2048 or 4096), and a fit across that step
-measures the step rather than the growth."""
+writes more than the 32 MiB L3 cache of the reference machine: the regime of all longer L.
+Below, the time steps up once where the data leaves the L3 cache, and a fit across that step
+measures the step rather than the growth. (The report also asks the allocator to keep freed
+memory, ``timing.keep_freed_memory``: otherwise outputs of 32 MiB or more come from fresh
+mmaps whose pages every call faults in, a second, larger step of 3-4x in one doubling whose
+size depends on the host at that moment.)"""
 ATTENTION_FIT_FROM = 1024
 """Attention's quadratic term dominates from about L = 1024 on."""
 
