@@ -418,7 +418,7 @@ def test_settings_of_quick_and_full_runs():
     quick = report.Settings.from_args(report.build_parser().parse_args(["--quick"]))
     full = report.Settings.from_args(report.build_parser().parse_args([]))
     assert quick.lengths == [*LENGTHS, 8192, 16384] and quick.max_call_seconds == 0.75
-    assert quick.repeats == 3 and quick.sampling.rounds == 3 and quick.sampling.max_rounds > 3
+    assert quick.repeats == 3 and quick.sampling.rounds == 5 and quick.sampling.max_rounds > 5
     assert full.sampling.rounds == 5
     assert full.lengths[0] == 128 and full.lengths[-1] == 32768 and full.repeats == 5
     assert quick.ternary_formats == ["i2"] and full.ternary_formats == ["i2", "t1"]

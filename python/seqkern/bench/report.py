@@ -35,7 +35,7 @@ QUICK_SWEEP_LONGEST = 16384
 """The quick sweep goes past QUICK_LONGEST so that the recurrences have three lengths from
 :data:`sweeps.RECURRENCE_FIT_FROM` on to fit their slopes over."""
 QUICK_PROMPTS, FULL_PROMPTS = (256, 1024), (128, 4096)
-QUICK_SAMPLING = sweeps.Sampling(rounds=3, max_rounds=10, series_seconds=1.5)
+QUICK_SAMPLING = sweeps.Sampling(rounds=5, max_rounds=10, series_seconds=1.5)
 FULL_SAMPLING = sweeps.Sampling(rounds=5, max_rounds=15, series_seconds=20.0)
 
 
