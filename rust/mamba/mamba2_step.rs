@@ -18,11 +18,13 @@
 //! norm called one after the other (which the NumPy backend does); fusing them saves two
 //! kernel calls, several NumPy operations and their temporaries per layer and token.
 
+use super::conv1d;
 use super::state_update::{
     selective_state_update, DecayForm, Granularity, UpdateDims, UpdateInputs,
 };
 use crate::error::{check_len, KernelError};
-use crate::simd::{self, Arch, Kernel, Real};
+use crate::parallel;
+use crate::simd::Real;
 
 /// Sizes of one step.
 #[derive(Clone, Copy, Debug)]
@@ -97,13 +99,8 @@ pub fn mamba2_step<T: Real>(
         let zxbcdt = &inputs.zxbcdt[b * dims.zxbcdt_width()..][..dims.zxbcdt_width()];
         let (z, rest) = zxbcdt.split_at(di);
         let (xbc_in, dt_in) = rest.split_at(cd);
-        simd::dispatch(ConvStep {
-            x: xbc_in,
-            weight: inputs.conv_weight,
-            bias: inputs.conv_bias,
-            state: &mut conv_state[b * cd * context..][..cd * context],
-            out: &mut xbc,
-        });
+        let state = &mut conv_state[b * cd * context..][..cd * context];
+        conv_update(&dims, &inputs, xbc_in, state, &mut xbc)?;
         step_sizes(&inputs, dt_in, &mut dt);
         let gn = dims.groups * dims.dstate;
         let update_dims = UpdateDims {
@@ -247,40 +244,27 @@ fn group_norm<T: Real>(y: &mut [T], weight: &[T], groups: usize, eps: T) {
     }
 }
 
-/// The conv update of one batch row, every channel: one new input, k - 1 kept.
-struct ConvStep<'a, 'o, T> {
-    x: &'a [T],
-    weight: &'a [T],
-    bias: Option<&'a [T]>,
-    state: &'o mut [T],
-    out: &'o mut [T],
-}
-
-impl<T: Real> Kernel for ConvStep<'_, '_, T> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<A: Arch>(self) {
-        let channels = self.x.len();
-        let width = self.weight.len() / channels.max(1);
-        let context = width - 1;
-        for c in 0..channels {
-            let weight = &self.weight[c * width..(c + 1) * width];
-            let state = &mut self.state[c * context..(c + 1) * context];
-            let x = self.x[c];
-            // out = bias + sum_k w[k] joined[k], joined = [state, x], in k order.
-            let mut acc = self.bias.map_or(T::ZERO, |b| b[c]);
-            for (&w, &s) in weight.iter().zip(state.iter()) {
-                acc = T::fma::<A>(w, s, acc);
-            }
-            acc = T::fma::<A>(weight[context], x, acc);
-            for k in 1..context {
-                state[k - 1] = state[k];
-            }
-            if context > 0 {
-                state[context - 1] = x;
-            }
-            self.out[c] = acc.silu_on::<A>();
-        }
+/// The conv update (with silu) of one batch row's xBC channels: `causal_conv1d_update` with
+/// one token, on the pool when it splits the channels into several tasks.
+fn conv_update<T: Real>(
+    dims: &Mamba2StepDims,
+    inputs: &Mamba2StepInputs<'_, T>,
+    x: &[T],
+    state: &mut [T],
+    out: &mut [T],
+) -> Result<(), KernelError> {
+    let conv_dims = conv1d::UpdateDims {
+        batch: 1,
+        dim: dims.conv_dim(),
+        len: 1,
+        width: dims.width,
+        state_len: dims.width - 1,
+        silu: true,
+    };
+    let (weight, bias) = (inputs.conv_weight, inputs.conv_bias);
+    if conv1d::update_is_single_task(&conv_dims) {
+        conv1d::causal_conv1d_update(conv_dims, x, weight, bias, state, out)
+    } else {
+        parallel::install(|| conv1d::causal_conv1d_update(conv_dims, x, weight, bias, state, out))
     }
 }
