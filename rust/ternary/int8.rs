@@ -168,16 +168,7 @@ pub fn int8_matmul<T: Int8Float>(
     k: usize,
     out: &mut [T],
 ) -> Result<(), KernelError> {
-    check_len("x", x, &[m, k])?;
-    check_len("codes", codes, &[n, k])?;
-    check_len("scales", scales, &[n])?;
-    check_len("out", out, &[m, n])?;
-    checked_product("x", &[m, n, k])?;
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        out.fill(T::ZERO);
+    if !check_matmul(x, m, codes, scales, n, k, out)? {
         return Ok(());
     }
     let rows = chunk_rows(m, n, k);
@@ -200,6 +191,32 @@ pub fn int8_matmul<T: Int8Float>(
     Ok(())
 }
 
+/// Checks the shapes of an int8 matmul; returns whether there is work to do (an empty output,
+/// or zeros for K = 0, is already complete).
+fn check_matmul<T: Real>(
+    x: &[T],
+    m: usize,
+    codes: &[i8],
+    scales: &[f32],
+    n: usize,
+    k: usize,
+    out: &mut [T],
+) -> Result<bool, KernelError> {
+    check_len("x", x, &[m, k])?;
+    check_len("codes", codes, &[n, k])?;
+    check_len("scales", scales, &[n])?;
+    check_len("out", out, &[m, n])?;
+    checked_product("x", &[m, n, k])?;
+    if m == 0 || n == 0 {
+        return Ok(false);
+    }
+    if k == 0 {
+        out.fill(T::ZERO);
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// The activations' `eps` of [`int8_matmul_quantized`] (BitNet's `activation_quant`).
 pub const ACTIVATION_EPS: f64 = 1e-5;
 
@@ -218,11 +235,6 @@ pub fn int8_matmul_quantized<T: QuantFloat>(
     k: usize,
     out: &mut [T],
 ) -> Result<(), KernelError> {
-    check_len("x", x, &[m, k])?;
-    check_len("codes", codes, &[n, k])?;
-    check_len("scales", scales, &[n])?;
-    check_len("out", out, &[m, n])?;
-    checked_product("x", &[m, n, k])?;
     if k > MAX_K {
         return Err(KernelError::value(
             "x",
@@ -231,11 +243,7 @@ pub fn int8_matmul_quantized<T: QuantFloat>(
             ),
         ));
     }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        out.fill(T::ZERO);
+    if !check_matmul(x, m, codes, scales, n, k, out)? {
         return Ok(());
     }
     let (q, act_scales) = quantize_x(x, m, k)?;
@@ -307,8 +315,8 @@ fn chunk_rows(m: usize, n: usize, k: usize) -> usize {
 }
 
 /// Splits the rows of `out` (`(m, n)`) at every `chunk` columns: entry c holds, for each row,
-/// its columns `c chunk .. (c + 1) chunk`.
-fn split_columns<T>(out: &mut [T], n: usize, chunk: usize) -> Vec<Vec<&mut [T]>> {
+/// its columns `c chunk .. (c + 1) chunk`, so that chunks can be written in parallel.
+pub(super) fn split_columns<T>(out: &mut [T], n: usize, chunk: usize) -> Vec<Vec<&mut [T]>> {
     let rows = out.len() / n;
     let mut chunks: Vec<Vec<&mut [T]>> = (0..n.div_ceil(chunk))
         .map(|_| Vec::with_capacity(rows))

@@ -12,6 +12,7 @@
 //! M = 1 is the same loop with one activation row per tile. All sums are integers, so the
 //! result is the same on every code path and for every thread count.
 
+use super::int8::split_columns;
 use super::kernels::{run_chunk, ChunkJob, KernelPath, TILE_COLS};
 use super::pack::{fill_panel, Layout, PackedMatrix};
 use super::quantize::{QuantFloat, QuantizeRow};
@@ -331,21 +332,6 @@ fn chunk_rows(n: usize) -> usize {
         .div_ceil(tasks)
         .clamp(1, MAX_CHUNK_ROWS / TILE_COLS);
     tiles * TILE_COLS
-}
-
-/// Splits the rows of `out` (`(m, n)`) at every `chunk` columns: entry c holds, for each row,
-/// its columns `c chunk .. (c + 1) chunk`, so that chunks can be written in parallel.
-fn split_columns(out: &mut [i32], n: usize, chunk: usize) -> Vec<Vec<&mut [i32]>> {
-    let rows = out.len() / n;
-    let mut chunks: Vec<Vec<&mut [i32]>> = (0..n.div_ceil(chunk))
-        .map(|_| Vec::with_capacity(rows))
-        .collect();
-    for row in out.chunks_mut(n) {
-        for (c, piece) in row.chunks_mut(chunk).enumerate() {
-            chunks[c].push(piece);
-        }
-    }
-    chunks
 }
 
 #[cfg(test)]
