@@ -257,7 +257,7 @@ impl<T: Real> Kernel for HeadsJob<'_, '_, T> {
                     let ahead = head_start + (p0 + 2 * ROWS) * n;
                     let ahead_end = (ahead + ROWS * n).min(self.state.len());
                     if ahead < ahead_end {
-                        crate::rwkv::prefetch(&self.state[ahead..ahead_end]);
+                        simd::prefetch(&self.state[ahead..ahead_end]);
                     }
                     let head_state = &mut self.state[head_start..head_start + head_len];
                     let rows = ROWS.min(headdim - p0);

@@ -112,20 +112,7 @@ impl<'a, T: Copy> DisjointOutput<'a, T> {
 /// prefetchers follow poorly: prefetching 2-4 steps ahead made wkv7 about 1.4x faster.
 pub(crate) const PREFETCH_AHEAD: usize = 4;
 
-/// Asks the CPU to start loading the cache lines of `data` into L1. A hint: it never faults
-/// and has no effect on results (and none at all off x86-64).
-#[inline(always)]
-pub(crate) fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(64 / std::mem::size_of::<T>().max(1)) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: prefetch instructions are hints that never fault, and SSE is part of the
-        // x86-64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
-}
+pub(crate) use crate::simd::prefetch;
 
 /// Sizes of a matrix-state WKV call (RWKV-5/6/7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
